@@ -1,0 +1,38 @@
+# The README's commands. `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-all lint clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 is the local CPU wheel; constraints.txt pins everything else.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+# Main job. Until the bundled text-to-image model lands: build the datasets and write
+# preview grids read back through the training loader.
+demo: $(STAMP)
+	test -f data/emoji/captions.jsonl || $(VENV)/bin/fastmuse data emoji --out data/emoji
+	test -f data/shapes/captions.jsonl || $(VENV)/bin/fastmuse data shapes --out data/shapes --n 2000 --seed 0
+	$(VENV)/bin/fastmuse data preview data/emoji --split val --n 32 -o outputs/emoji_val.png
+	$(VENV)/bin/fastmuse data preview data/shapes --n 32 -o outputs/shapes.png
+	@echo "demo: wrote outputs/emoji_val.png and outputs/shapes.png"
+
+# Fast tests (default); `make test-all` adds the slow ones.
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+
+clean:
+	rm -rf outputs .pytest_cache

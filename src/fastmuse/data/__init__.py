@@ -1,0 +1,1 @@
+"""Datasets: emoji, the shapes world, image folders and WebDataset shards."""

@@ -1,0 +1,195 @@
+"""Checkpoint folders: `config.json` + `*.safetensors` + `manifest.json` (sha256 of each file).
+
+`save_checkpoint` builds the folder in a temp directory and renames it into place, so a
+crash never leaves a half-written checkpoint. `load_checkpoint` checks every file named in
+the manifest (present, right size, right sha256) before anything is deserialised, and
+refuses pickle-based weights outright.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import Config
+from .errors import CheckpointError, ConfigError
+from .fsutil import atomic_dir, sha256_file
+
+CONFIG_NAME = "config.json"
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# Bundled models live in the package so that an installed fastmuse finds them offline.
+BUNDLED_DIR = Path(__file__).parent / "assets"
+
+
+def bundled_models() -> list[str]:
+    if not BUNDLED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / MANIFEST_NAME).is_file())
+
+
+def resolve(name_or_dir: str | os.PathLike) -> Path:
+    """A local folder, or the name of a bundled model. Never touches the network."""
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        return path
+    if isinstance(name_or_dir, str) and name_or_dir in bundled_models():
+        return BUNDLED_DIR / name_or_dir
+    names = ", ".join(bundled_models()) or "none yet"
+    raise CheckpointError(
+        f"model {str(name_or_dir)!r} is neither a folder nor a bundled model "
+        f"(bundled: {names}); fastmuse never downloads weights"
+    )
+
+
+def save_checkpoint(
+    folder: str | os.PathLike,
+    config: Config,
+    weights: Mapping[str, Mapping[str, torch.Tensor]],
+    extra_files: Mapping[str, bytes] | None = None,
+) -> Path:
+    """Write `config.json`, one `<name>.safetensors` per entry of `weights`, extra files
+    (model card, metrics) and a manifest, atomically. Returns the folder."""
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        (tmp / CONFIG_NAME).write_text(config.to_json(), encoding="utf-8")
+        for name, state in weights.items():
+            tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+            save_file(tensors, str(tmp / f"{name}.safetensors"), metadata={"format": "pt"})
+        for name, data in (extra_files or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)}
+                      for f in files},
+        }
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+@dataclass
+class Checkpoint:
+    """A verified checkpoint folder: its parsed config and the files the manifest vouches for."""
+
+    folder: Path
+    config: dict[str, Any]
+    files: tuple[str, ...]
+
+    def weights(self, name: str = "model") -> dict[str, torch.Tensor]:
+        fname = f"{name}.safetensors"
+        if fname not in self.files:
+            have = [f.removesuffix(".safetensors") for f in self.files if f.endswith(".safetensors")]
+            raise CheckpointError(f"{self.folder}: no weights named {name!r} (has: {have})")
+        try:
+            return load_file(str(self.folder / fname))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{self.folder / fname}: unreadable safetensors ({e})") from None
+
+
+def verify(folder: str | os.PathLike) -> tuple[str, ...]:
+    """Check the manifest against the files on disk; return the files it lists."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {folder}")
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    manifest_path = folder / MANIFEST_NAME
+    if not manifest_path.is_file():
+        if pickles:
+            raise CheckpointError(
+                f"{folder}: refusing to load pickle-based weights ({', '.join(pickles)}); "
+                "fastmuse only loads safetensors"
+            )
+        raise CheckpointError(f"{folder}: not a fastmuse checkpoint (no {MANIFEST_NAME})")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        entries = manifest["files"]
+        if manifest.get("manifest_version") != MANIFEST_VERSION:
+            raise CheckpointError(
+                f"{manifest_path}: manifest_version {manifest.get('manifest_version')!r}, "
+                f"expected {MANIFEST_VERSION}"
+            )
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{manifest_path}: corrupt manifest ({e})") from None
+    listed_pickles = [f for f in entries if Path(f).suffix in PICKLE_SUFFIXES]
+    if listed_pickles:
+        raise CheckpointError(f"{folder}: refusing to load pickle-based file {listed_pickles[0]}")
+    for name, meta in entries.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{folder}: file {name} listed in the manifest is missing")
+        size = path.stat().st_size
+        if size != meta["bytes"]:
+            raise CheckpointError(
+                f"{path}: {size} bytes, manifest says {meta['bytes']} (truncated or replaced)"
+            )
+        if sha256_file(path) != meta["sha256"]:
+            raise CheckpointError(f"{path}: sha256 does not match the manifest (corrupt file)")
+    if CONFIG_NAME not in entries:
+        raise CheckpointError(f"{folder}: manifest does not list {CONFIG_NAME}")
+    return tuple(sorted(entries))
+
+
+def load_checkpoint(name_or_dir: str | os.PathLike) -> Checkpoint:
+    folder = resolve(name_or_dir)
+    files = verify(folder)
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{folder / CONFIG_NAME}: not valid JSON ({e})") from None
+    return Checkpoint(folder=folder, config=config, files=files)
+
+
+M = TypeVar("M", bound="PretrainedMixin")
+
+
+class PretrainedMixin:
+    """For `nn.Module`s built from one Config: `save_pretrained` / `from_pretrained`."""
+
+    config_class: ClassVar[type[Config]]
+    config: Config
+
+    def save_pretrained(
+        self, folder: str | os.PathLike, extra_files: Mapping[str, bytes] | None = None
+    ) -> Path:
+        return save_checkpoint(folder, self.config, {"model": self.state_dict()}, extra_files)
+
+    @classmethod
+    def from_pretrained(cls: type[M], name_or_dir: str | os.PathLike) -> M:
+        ckpt = load_checkpoint(name_or_dir)
+        try:
+            config = cls.config_class.from_dict(ckpt.config, where=str(ckpt.folder / CONFIG_NAME))
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
+        model = cls(config)  # type: ignore[call-arg]
+        load_state_strict(model, ckpt.weights("model"), where=str(ckpt.folder))
+        return model.eval()
+
+
+def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """load_state_dict with one readable error for missing/unexpected keys or wrong shapes."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{where}: weights do not match the config "
+            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
+        )
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise CheckpointError(
+                f"{where}: weight {k} has shape {tuple(v.shape)}, the config gives {tuple(own[k].shape)}"
+            )
+    module.load_state_dict(state, strict=True)
