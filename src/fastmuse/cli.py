@@ -56,11 +56,13 @@ def cmd_data_shards(a: argparse.Namespace) -> None:
 
 def cmd_data_preview(a: argparse.Namespace) -> None:
     from .data.images import make_grid, to_pil
+    from torch.utils.data import IterableDataset
+
     from .data.sources import open_dataset
 
     ds = open_dataset(a.source, a.resolution, split=a.split)
-    items = list(itertools.islice(iter(ds) if not hasattr(ds, "__getitem__") else
-                                  (ds[i] for i in range(len(ds))), a.n))
+    stream = iter(ds) if isinstance(ds, IterableDataset) else (ds[i] for i in range(len(ds)))
+    items = list(itertools.islice(stream, a.n))
     if not items:
         raise FastMuseError(f"source {a.source!r} yielded no samples")
     grid = make_grid([to_pil(x["image"]) for x in items], ncols=min(8, len(items)),

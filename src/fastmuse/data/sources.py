@@ -14,7 +14,6 @@ import torch
 from ..errors import DataError
 from .folder import CAPTIONS, ImageFolder
 from .shards import ShardDataset
-from .shapes import ShapesStream
 
 
 def open_dataset(
@@ -32,6 +31,8 @@ def open_dataset(
             shapes_seed = int(source.split(":", 1)[1])
         except ValueError:
             raise DataError(f"source {source!r}: expected shapes:SEED with an integer SEED") from None
+        from .shapes import ShapesStream
+
         return ShapesStream(seed=shapes_seed, resolution=resolution)
     path = Path(source)
     is_shards = ".tar" in source or (path.is_dir() and any(path.glob("*.tar"))
