@@ -4,7 +4,6 @@ import sys
 import pytest
 
 from fastmuse.cli import main
-
 from helpers import tiny_dataset
 
 

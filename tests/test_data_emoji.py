@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from fastmuse.data.emoji import catalogue, build_emoji
+from fastmuse.data.emoji import build_emoji, catalogue
 from fastmuse.data.folder import ImageFolder
 from fastmuse.errors import DataError
 

@@ -9,7 +9,6 @@ from fastmuse.data.folder import ImageFolder, read_records
 from fastmuse.data.images import load_rgb, make_grid, resize_crop, to_pil, to_tensor
 from fastmuse.data.sources import open_dataset
 from fastmuse.errors import DataError
-
 from helpers import tiny_dataset
 
 
@@ -113,3 +112,11 @@ def test_open_dataset_dispatch(tmp_path):
         open_dataset("shapes:abc", 16)
     with pytest.raises(DataError, match="not found"):
         open_dataset(str(tmp_path / "nothing"), 16)
+
+
+def test_spread():
+    from fastmuse.data.images import spread
+
+    assert spread(3, 32) == [0, 1, 2]
+    assert spread(100, 5) == [0, 25, 50, 74, 99]
+    assert spread(10, 1) == [0]

@@ -8,7 +8,6 @@ import torch
 from fastmuse.data.shards import ShardDataset, write_shards
 from fastmuse.data.sources import open_dataset
 from fastmuse.errors import DataError
-
 from helpers import tiny_dataset
 
 

@@ -55,14 +55,16 @@ def cmd_data_shards(a: argparse.Namespace) -> None:
 
 
 def cmd_data_preview(a: argparse.Namespace) -> None:
-    from .data.images import make_grid, to_pil
     from torch.utils.data import IterableDataset
 
+    from .data.images import make_grid, spread, to_pil
     from .data.sources import open_dataset
 
     ds = open_dataset(a.source, a.resolution, split=a.split)
-    stream = iter(ds) if isinstance(ds, IterableDataset) else (ds[i] for i in range(len(ds)))
-    items = list(itertools.islice(stream, a.n))
+    if isinstance(ds, IterableDataset):
+        items = list(itertools.islice(ds, a.n))
+    else:
+        items = [ds[i] for i in spread(len(ds), a.n)]
     if not items:
         raise FastMuseError(f"source {a.source!r} yielded no samples")
     grid = make_grid([to_pil(x["image"]) for x in items], ncols=min(8, len(items)),
@@ -133,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = dsub.add_parser("preview", help="write a grid of samples from any data source",
                         description="Read a data source through the training loader and write "
-                                    "a grid: a folder, .tar shards (brace patterns allowed) or "
-                                    "shapes:SEED.")
+                                    "a grid: a folder (samples spread over it), .tar shards "
+                                    "(the first samples; brace patterns allowed) or shapes:SEED.")
     v.add_argument("source", help="folder, shards or shapes:SEED")
     v.add_argument("-o", "--output", required=True, help="PNG to write")
     v.add_argument("--n", type=_positive("--n"), default=32, help="samples (default 32)")

@@ -145,7 +145,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         elif origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"'{key}': expected {len(args)} items, got {len(value)}")
-            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))]
         else:
             inner = args[0] if args else Any
             items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]

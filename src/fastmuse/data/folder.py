@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from ..fsutil import atomic_dir
-from .images import list_images, load_rgb, make_grid, resize_crop, to_tensor
+from .images import list_images, load_rgb, make_grid, resize_crop, spread, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,7 @@ def write_dataset(
         summary = {"count": len(records), "splits": splits, **asdict(card)}
         (tmp / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(card.markdown(len(records), splits), encoding="utf-8")
-        # evenly spaced over the whole set, so the preview shows its variety
-        picks = sorted({round(j * (len(records) - 1) / max(1, preview_n - 1))
-                        for j in range(min(preview_n, len(records)))})
+        picks = spread(len(records), preview_n)
         grid = make_grid([load_rgb(tmp / records[j]["file"]) for j in picks], ncols=8,
                          captions=[records[j]["caption"] for j in picks])
         grid.save(tmp / "preview.png")

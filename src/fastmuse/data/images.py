@@ -105,5 +105,11 @@ def make_grid(
     return grid
 
 
+def spread(total: int, n: int) -> list[int]:
+    """Up to n indices spread evenly over range(total): previews show a set's variety."""
+    k = min(n, total)
+    return [round(j * (total - 1) / max(1, k - 1)) for j in range(k)]
+
+
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
