@@ -102,3 +102,23 @@ def test_open_dataset_finds_shards(shards, tmp_path):
     assert isinstance(open_dataset(str(tmp_path / "shards"), 16), ShardDataset)
     assert isinstance(open_dataset(str(tmp_path / "shards/shard-{000000..000001}.tar"), 16),
                       ShardDataset)
+
+
+def _as_rank(monkeypatch, rank: int, world: int) -> None:
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: rank)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: world)
+
+
+def test_ddp_ranks_read_disjoint_parts(shards, tmp_path, monkeypatch):
+    import itertools
+
+    from fastmuse.data.shapes import ShapesStream
+
+    seen, scenes = [], []
+    for rank in (0, 1):
+        _as_rank(monkeypatch, rank, 2)
+        seen.append({x["key"] for x in ShardDataset(tmp_path / "shards", 16, shuffle_buffer=4)})
+        scenes.append({x["index"] for x in itertools.islice(ShapesStream(0, 32), 6)})
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 20
+    assert not scenes[0] & scenes[1]

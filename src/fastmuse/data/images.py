@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -91,17 +92,18 @@ def make_grid(
     ncols = ncols or max(1, round(n**0.5))
     nrows = (n + ncols - 1) // ncols
     font = ImageFont.load_default()
-    label_h = 12 if captions else 0
+    max_chars = max(4, w // 6)
+    label_h = 24 if captions else 0  # two lines of the default font
     grid = Image.new("RGB", (ncols * (w + pad) + pad, nrows * (h + label_h + pad) + pad), "white")
     draw = ImageDraw.Draw(grid)
-    max_chars = max(4, w // 6)
     for i, im in enumerate(images):
         r, c = divmod(i, ncols)
         x, y = pad + c * (w + pad), pad + r * (h + label_h + pad)
         grid.paste(to_rgb(im).resize((w, h)), (x, y))
         if captions:
-            text = captions[i] if len(captions[i]) <= max_chars else captions[i][: max_chars - 1] + "…"
-            draw.text((x + 1, y + h), text, fill=(0, 0, 0), font=font)
+            lines = textwrap.wrap(captions[i], max_chars, max_lines=2, placeholder="…")
+            draw.multiline_text((x + 1, y + h), "\n".join(lines), fill=(0, 0, 0), font=font,
+                                spacing=1)
     return grid
 
 

@@ -25,6 +25,7 @@ from ..errors import DataError
 from ..fsutil import atomic_dir
 from .folder import read_records
 from .images import load_rgb, resize_crop, to_tensor
+from .readers import reader_slot
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
@@ -69,12 +70,6 @@ def resolve_urls(urls: str | Path | list[str]) -> list[str]:
     if not out:
         raise DataError(f"no shards match {urls!r}")
     return out
-
-
-def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class ShardDataset(torch.utils.data.IterableDataset):
@@ -131,27 +126,22 @@ class ShardDataset(torch.utils.data.IterableDataset):
         image = resize_crop(image, self.resolution, self.crop, rng)
         return {"image": to_tensor(image), "caption": caption, "key": sample["__key__"]}
 
-    def _my_shards(self, epoch: int) -> list[str]:
-        rank, world = _rank_world()
-        info = torch.utils.data.get_worker_info()
-        wid, nworkers = (info.id, info.num_workers) if info else (0, 1)
+    def _my_shards(self, epoch: int, slot: int, nslots: int) -> list[str]:
         shards = list(self.urls)
         if self.shuffle_buffer:
             random.Random(f"{self.seed}-{epoch}").shuffle(shards)  # same order on every rank
-        slot, nslots = rank * nworkers + wid, world * nworkers
         if len(shards) < nslots and epoch == self.epoch:
             log.warning("%d shards for %d readers: some readers get none", len(shards), nslots)
         return shards[slot::nslots]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch = self.epoch
+        slot, nslots = reader_slot()
         while True:
-            rank, _ = _rank_world()
-            info = torch.utils.data.get_worker_info()
-            rng = random.Random(f"{self.seed}-{epoch}-{rank}-{info.id if info else 0}")
+            rng = random.Random(f"{self.seed}-{epoch}-{slot}")
             # webdataset stages are curried: stage(**options)(source)
             samples = wds.tarfile_to_samples(handler=self._on_tar_error)(
-                [{"url": u} for u in self._my_shards(epoch)]
+                [{"url": u} for u in self._my_shards(epoch, slot, nslots)]
             )
             if self.shuffle_buffer > 1:
                 samples = wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer),
