@@ -1,0 +1,92 @@
+"""`fastmuse tokenizer ...` and `fastmuse train tokenizer`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import DataError
+from ..fsutil import atomic_write_text
+from .common import positive
+
+DEFAULT_TOKENIZER = "tokenizer-f8"
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from ..tokenizer.train import TokenizerTrainConfig, train_tokenizer
+
+    cfg = TokenizerTrainConfig.load(a.config)
+    if a.steps is not None:
+        cfg = cfg.replace(steps=a.steps)
+    out = train_tokenizer(cfg, a.out, resume=a.resume)
+    print(f"wrote {out}")
+
+
+def cmd_recon(a: argparse.Namespace) -> None:
+    from ..tokenizer import VQTokenizer
+    from ..tokenizer.evaluate import reconstruct
+
+    model = VQTokenizer.from_pretrained(a.model)
+    image = reconstruct(model, a.image, a.resolution)
+    Path(a.output).parent.mkdir(parents=True, exist_ok=True)
+    image.save(a.output)
+    print(f"wrote {a.output} ({a.resolution}px round trip through {a.model})")
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    from ..tokenizer import VQTokenizer
+    from ..tokenizer.evaluate import evaluate_recon, load_val_images, recon_grid
+
+    model = VQTokenizer.from_pretrained(a.model)
+    if a.resolution % model.downsample:
+        raise DataError(f"--resolution {a.resolution} is not a multiple of the tokenizer's "
+                        f"downsampling {model.downsample}")
+    images = load_val_images(a.data, a.resolution, a.n, split=a.split)
+    metrics = evaluate_recon(model, images)
+    recon = metrics.pop("recon")
+    metrics.update(model=str(a.model), data=str(a.data), split=a.split, resolution=a.resolution)
+    print(json.dumps(metrics, indent=2))
+    if a.output:
+        atomic_write_text(a.output, json.dumps(metrics, indent=2) + "\n")
+    if a.grid:
+        recon_grid(images, recon, n=32).save(a.grid)
+
+
+def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAction) -> None:
+    t = train_sub.add_parser("tokenizer", help="train a VQ image tokenizer",
+                             description="Train a VQ tokenizer from a TokenizerTrainConfig JSON "
+                                         "(see configs/tokenizer-f8.json).")
+    t.add_argument("--config", required=True, help="training config JSON")
+    t.add_argument("--out", required=True, help="run folder: metrics.jsonl, samples/, "
+                                                "checkpoints/, tokenizer/")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    t.add_argument("--steps", type=positive("--steps"), default=None,
+                   help="override the config's total steps")
+    t.set_defaults(func=cmd_train)
+
+    tok = sub.add_parser("tokenizer", help="use a VQ image tokenizer")
+    tsub = tok.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
+    r = tsub.add_parser("recon", help="round-trip one image through the tokenizer",
+                        description="Encode an image to tokens and decode it back. The image is "
+                                    "made RGB on white, its shorter side resized to --resolution "
+                                    "and center-cropped square.")
+    r.add_argument("--image", required=True, help="input image (any size or mode)")
+    r.add_argument("-o", "--output", required=True, help="PNG to write")
+    r.add_argument("--model", default=DEFAULT_TOKENIZER,
+                   help=f"tokenizer folder, bundled name or diffusers VQModel folder "
+                        f"(default {DEFAULT_TOKENIZER})")
+    r.add_argument("--resolution", type=positive("--resolution"), default=128)
+    r.set_defaults(func=cmd_recon)
+
+    e = tsub.add_parser("eval", help="PSNR, SSIM and codebook usage on a dataset",
+                        description="Reconstruct a folder dataset's split and report PSNR, SSIM "
+                                    "(on [0,1] images) and codebook usage as JSON.")
+    e.add_argument("--model", default=DEFAULT_TOKENIZER, help="tokenizer folder or bundled name")
+    e.add_argument("--data", required=True, help="folder dataset")
+    e.add_argument("--split", choices=["train", "val"], default="val")
+    e.add_argument("--n", type=positive("--n"), default=None, help="at most N images (default all)")
+    e.add_argument("--resolution", type=positive("--resolution"), default=128)
+    e.add_argument("-o", "--output", default=None, help="also write the JSON here")
+    e.add_argument("--grid", default=None, help="write a reconstruction grid PNG here")
+    e.set_defaults(func=cmd_eval)

@@ -1,0 +1,1 @@
+"""Evaluation: image metrics now; the compositional suite, FD/KID and speed come later."""

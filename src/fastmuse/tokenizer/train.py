@@ -1,0 +1,207 @@
+"""Train a VQ tokenizer: `fastmuse train tokenizer --config cfg.json --out RUN`.
+
+Random crops of folder datasets -> L1 + L2 reconstruction + quantiser loss (+ patch-GAN
+after a warm-up). Dead codes are restarted on encoder outputs. Every `eval_every` steps:
+val PSNR/SSIM/codebook usage to metrics.jsonl and a reconstruction grid. Checkpoints hold
+model, optimizers and RNG; the batch at each step is a function of (seed, step), so a
+resumed run continues exactly where the checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm import tqdm
+
+from ..config import Config, check_range
+from ..data.folder import ImageFolder
+from ..errors import ConfigError, DataError
+from ..eval.image_metrics import psnr
+from ..train.log import JsonlLogger
+from ..train.sampler import StepBatchSampler
+from ..train.state import latest_checkpoint, load_training, prune_checkpoints, save_training
+from .evaluate import evaluate_recon, load_val_images, recon_grid
+from .losses import PatchDiscriminator, discriminator_hinge, generator_hinge, reconstruction_loss
+from .model import VQConfig, VQTokenizer
+
+
+@dataclass
+class TokenizerTrainConfig(Config):
+    kind = "train_tokenizer"
+    model: VQConfig = field(default_factory=VQConfig)
+    data: tuple[str, ...] = ("data/emoji", "data/shapes")  # folder datasets, train split
+    val_data: str = "data/emoji"  # its val split is evaluated
+    resolution: int = 128  # images are resized/center-cropped to this
+    crop: int = 64  # then randomly cropped to this for training (the nets are convolutional)
+    batch_size: int = 16
+    steps: int = 20000
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
+    gan_weight: float = 0.0  # 0 = no discriminator
+    gan_start: int = 10000
+    gan_warmup: int = 1000  # the GAN weight ramps in linearly over these steps
+    disc_lr: float = 1e-4
+    restart_every: int = 200  # dead-code restarts (0 = never); none in the last 20% of steps
+    log_every: int = 25
+    eval_every: int = 1000
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    num_val: int = 64
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        for name in ("batch_size", "steps", "grad_accum", "log_every", "eval_every", "save_every",
+                     "keep_checkpoints", "num_val"):
+            check_range(name, getattr(self, name), 1)
+        check_range("lr", self.lr, 0.0)
+        check_range("crop", self.crop, self.model.downsample, self.resolution)
+        if self.crop % self.model.downsample:
+            raise ConfigError(f"'crop' is {self.crop}; accepted: a multiple of the tokenizer's "
+                              f"downsampling {self.model.downsample}")
+        if self.gan_weight > 0 and self.crop < 32:
+            raise ConfigError(f"'crop' is {self.crop}; the discriminator needs crop >= 32 "
+                              "(or gan_weight 0)")
+        if not self.data:
+            raise ConfigError("'data' is empty; accepted: one or more dataset folders")
+
+
+def lr_at(step: int, cfg: TokenizerTrainConfig) -> float:
+    """Linear warm-up, then cosine to lr * min_lr_ratio: a pure function of the step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def gan_weight_at(step: int, cfg: TokenizerTrainConfig) -> float:
+    if cfg.gan_weight <= 0 or step < cfg.gan_start:
+        return 0.0
+    return cfg.gan_weight * min(1.0, (step - cfg.gan_start + 1) / max(1, cfg.gan_warmup))
+
+
+def random_crops(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    b, _, h, w = x.shape
+    if size == h == w:
+        return x
+    offsets = torch.randint(0, min(h, w) - size + 1, (b, 2), generator=gen).tolist()
+    return torch.stack([x[i, :, oy:oy + size, ox:ox + size] for i, (oy, ox) in enumerate(offsets)])
+
+
+def train_tokenizer(cfg: TokenizerTrainConfig, out: str | Path, resume: bool = False,
+                    stop_at: int | None = None) -> Path:
+    """Train into run folder `out` (metrics.jsonl, samples/, checkpoints/, tokenizer/).
+    `resume` continues from the newest checkpoint; `stop_at` ends early (tests, time boxes)."""
+    from accelerate import Accelerator
+
+    out = Path(out)
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # crops and code restarts
+
+    model = VQTokenizer(cfg.model).train()
+    disc = PatchDiscriminator() if cfg.gan_weight > 0 else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    modules: dict[str, torch.nn.Module] = {"model": model}
+    optimizers: dict[str, torch.optim.Optimizer] = {"model": opt}
+    if disc is not None:
+        dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9))
+        modules["disc"], optimizers["disc"] = disc, dopt
+
+    start = 0
+    if resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            raise DataError(f"--resume: no checkpoint in {out / 'checkpoints'}")
+        start = load_training(ckpt, modules, optimizers, {"data": gen},
+                              {"code_usage": model.quantize.usage})["step"]
+        acc.print(f"resuming from {ckpt} (step {start})")
+    elif (out / "checkpoints").exists():
+        raise DataError(f"{out} already holds a run; pass --resume or choose another --out")
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    if acc.is_main_process:
+        cfg.save(out / "config.json")
+
+    model, opt = acc.prepare(model, opt)
+    if disc is not None:
+        disc, dopt = acc.prepare(disc, dopt)
+    raw = acc.unwrap_model(model)
+
+    train_ds = torch.utils.data.ConcatDataset(
+        [ImageFolder(d, cfg.resolution, split="train") for d in cfg.data])
+    sampler = StepBatchSampler(len(train_ds), cfg.batch_size, cfg.seed, start * cfg.grad_accum,
+                               acc.process_index, acc.num_processes)
+    batches = iter(torch.utils.data.DataLoader(train_ds, batch_sampler=sampler,
+                                               num_workers=cfg.num_workers))
+    val_images = load_val_images(cfg.val_data, cfg.resolution, cfg.num_val)
+    logger = JsonlLogger(out / "metrics.jsonl", resume_step=start if resume else None)
+
+    end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+    bar = tqdm(range(start, end), initial=start, total=end, desc="tokenizer",
+               disable=not acc.is_main_process)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        gw = gan_weight_at(step, cfg)
+        logs: dict[str, float] = {}
+        for _ in range(cfg.grad_accum):
+            x = random_crops(next(batches)["image"], cfg.crop, gen).to(acc.device)
+            with acc.accumulate(model):
+                recon, qloss, _ = model(x)
+                rec = reconstruction_loss(recon.float(), x, cfg.l1_weight, cfg.l2_weight)
+                loss = rec + qloss
+                if gw > 0:
+                    g_loss = generator_hinge(disc(recon))
+                    loss = loss + gw * g_loss
+                    logs["g_loss"] = g_loss.item()
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    logs["grad_norm"] = acc.clip_grad_norm_(params, cfg.grad_clip).item()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if gw > 0:
+                with acc.accumulate(disc):
+                    d_loss = discriminator_hinge(disc(x), disc(recon.detach()))
+                    acc.backward(d_loss)
+                    dopt.step()
+                    dopt.zero_grad(set_to_none=True)
+                logs["d_loss"] = d_loss.item()
+            logs.update(loss=loss.item(), rec=rec.item(), qloss=qloss.item(),
+                        batch_psnr=psnr(recon.detach(), x).mean().item())
+        done = step + 1
+        if cfg.restart_every and done % cfg.restart_every == 0 and done <= 0.8 * cfg.steps:
+            usage = raw.quantize.take_usage()
+            with torch.no_grad():
+                logs["restarted"] = raw.quantize.restart_dead(raw.encode_latents(x), usage, gen)
+        if done % cfg.log_every == 0 or done == end:
+            logs.update(step=done, lr=lr_at(step, cfg), gan_weight=gw,
+                        codes_used_window=int((raw.quantize.usage > 0).sum()))
+            if acc.is_main_process:
+                logger.log(logs)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{logs['batch_psnr']:.2f}")
+        if acc.is_main_process and (done % cfg.eval_every == 0 or done == end):
+            ev = evaluate_recon(raw, val_images)
+            recon_grid(val_images, ev.pop("recon")).save(out / "samples" / f"step-{done:06d}.png")
+            logger.log({"step": done, **{f"val_{k}": v for k, v in ev.items()}})
+        if done % cfg.save_every == 0 or done == end:
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                save_training(out / "checkpoints" / f"step-{done:06d}", cfg, modules, optimizers,
+                              {"data": gen}, done, buffers={"code_usage": raw.quantize.usage})
+                prune_checkpoints(out, cfg.keep_checkpoints)
+    if acc.is_main_process and end == cfg.steps:
+        raw.save_pretrained(out / "tokenizer")
+    acc.wait_for_everyone()
+    return out / "tokenizer"

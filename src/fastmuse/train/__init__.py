@@ -1,0 +1,1 @@
+"""Training utilities shared by every trainer: resumable state, sampling order, logs."""

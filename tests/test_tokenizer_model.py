@@ -1,0 +1,114 @@
+import pytest
+import torch
+
+from fastmuse.errors import CheckpointError, ConfigError
+from fastmuse.hub import save_checkpoint
+from fastmuse.tokenizer import VQConfig, VQTokenizer
+from fastmuse.tokenizer.quantizer import VectorQuantizer
+
+
+def tiny(levels: int = 3, **kw) -> VQTokenizer:
+    torch.manual_seed(0)
+    cfg = VQConfig(block_out_channels=(8, 16, 16, 16, 16)[:levels], norm_num_groups=8,
+                   latent_channels=4, vq_embed_dim=4, num_vq_embeddings=32, **kw)
+    return VQTokenizer(cfg).eval()
+
+
+@pytest.mark.parametrize("levels, f", [(3, 4), (4, 8), (5, 16)])
+def test_shapes_and_downsampling(levels, f):
+    m = tiny(levels)
+    assert m.downsample == f and m.codebook_size == 32
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        t = m.encode(x)
+        assert t.shape == (2, 32 // f, 32 // f) and t.dtype == torch.long
+        assert 0 <= int(t.min()) and int(t.max()) < 32
+        y = m.decode(t)
+    assert y.shape == x.shape
+    assert torch.equal(m.decode(t), y)  # deterministic
+
+
+def test_decode_latents_equals_decode_of_lookup():
+    m = tiny()
+    t = torch.randint(0, 32, (1, 8, 8))
+    with torch.no_grad():
+        assert torch.equal(m.decode(t), m.decode_latents(m.quantize.lookup(t)))
+
+
+def test_bad_inputs():
+    m = tiny()
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 31\]"):
+        m.decode(torch.full((1, 4, 4), 32))
+    with pytest.raises(ValueError, match="token ids must lie"):
+        m.decode(torch.full((1, 4, 4), -1))
+    with pytest.raises(TypeError, match="integer tensor"):
+        m.decode(torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        m.encode(torch.zeros(1, 3, 30, 32))
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        m.encode(torch.zeros(3, 32, 32))
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="norm_num_groups"):
+        VQConfig(block_out_channels=(24, 32), norm_num_groups=16)
+    with pytest.raises(ConfigError, match="quantizer"):
+        VQConfig.from_dict({**VQConfig().to_dict(), "quantizer": "gumbel"})
+
+
+def test_save_load_round_trip(tmp_path):
+    m = tiny(quantizer="ema")
+    m.save_pretrained(tmp_path / "tok")
+    back = VQTokenizer.from_pretrained(tmp_path / "tok")
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(m.encode(x), back.encode(x))
+        assert torch.equal(m.decode(m.encode(x)), back.decode(back.encode(x)))
+
+
+def test_mismatched_config_is_clear(tmp_path):
+    small, big = tiny(3), tiny(4)
+    save_checkpoint(tmp_path / "tok", small.config, {"model": big.state_dict()})
+    with pytest.raises(CheckpointError, match="do not match the config"):
+        VQTokenizer.from_pretrained(tmp_path / "tok")
+
+
+def test_straight_through_loss_and_gradient():
+    q = VectorQuantizer(8, 2, mode="st", beta=0.25)
+    z = torch.randn(1, 2, 3, 3, requires_grad=True)
+    zq, loss, ids = q(z)
+    codes = q.lookup(ids)
+    assert torch.allclose(zq, codes)  # forward value is the code
+    assert torch.allclose(loss, 1.25 * (codes - z).pow(2).mean())
+    zq.sum().backward()
+    assert torch.allclose(z.grad, torch.ones_like(z))  # straight-through
+
+
+def test_ema_moves_codes_to_their_means():
+    torch.manual_seed(0)
+    q = VectorQuantizer(2, 2, mode="ema", decay=0.5).train()
+    q.embedding.weight.data = torch.tensor([[0.0, 0.0], [10.0, 10.0]])
+    q.ema_sum.copy_(q.embedding.weight.data)
+    z = torch.tensor([[1.0, 1.0], [9.0, 9.0]]).t().reshape(1, 2, 2, 1)  # two 2-d vectors
+    for _ in range(20):
+        q(z)
+    assert torch.allclose(q.embedding.weight, torch.tensor([[1.0, 1.0], [9.0, 9.0]]), atol=1e-3)
+    assert not q.embedding.weight.requires_grad
+
+
+def test_dead_codes_restart_on_encoder_outputs():
+    q = VectorQuantizer(4, 2, mode="st").train()
+    z = torch.randn(1, 2, 4, 4)
+    usage = torch.tensor([5.0, 0.0, 1.0, 0.0])
+    n = q.restart_dead(z, usage, torch.Generator().manual_seed(0))
+    assert n == 2
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 2)
+    for code in q.embedding.weight[[1, 3]]:
+        assert (flat - code).abs().sum(1).min() < 1e-6
+
+
+def test_l2_normalised_codes():
+    q = VectorQuantizer(16, 4, mode="st", l2_normalize=True)
+    zq, _, ids = q(torch.randn(2, 4, 3, 3) * 5)
+    assert torch.allclose(zq.norm(dim=1), torch.ones(2, 3, 3), atol=1e-5)
+    assert torch.allclose(q.lookup(ids).norm(dim=1), torch.ones(2, 3, 3), atol=1e-5)
