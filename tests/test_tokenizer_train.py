@@ -10,7 +10,6 @@ from fastmuse.errors import ConfigError, DataError
 from fastmuse.hub import load_checkpoint
 from fastmuse.tokenizer import VQConfig, VQTokenizer
 from fastmuse.tokenizer.train import TokenizerTrainConfig, lr_at, train_tokenizer
-
 from helpers import tiny_dataset
 
 

@@ -35,13 +35,13 @@ def evaluate_recon(model: VQTokenizer, images: torch.Tensor, batch_size: int = 1
 
 
 def recon_grid(images: torch.Tensor, recon: torch.Tensor, n: int = 16) -> Image.Image:
-    """Rows of 8 originals, each followed by a row of their reconstructions."""
-    n = min(n, len(images))
+    """Rows of 8 originals (n spread over `images`), each followed by their reconstructions."""
+    picks = spread(len(images), n)
     tiles = []
-    for row in range(0, n, 8):
-        tiles += [to_pil(x) for x in images[row:min(row + 8, n)]]
-        tiles += [to_pil(x) for x in recon[row:min(row + 8, n)]]
-    return make_grid(tiles, ncols=min(8, n))
+    for row in range(0, len(picks), 8):
+        tiles += [to_pil(images[i]) for i in picks[row:row + 8]]
+        tiles += [to_pil(recon[i]) for i in picks[row:row + 8]]
+    return make_grid(tiles, ncols=min(8, len(picks)))
 
 
 def load_val_images(folder: str | Path, resolution: int, n: int | None = None,
