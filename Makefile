@@ -15,14 +15,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-# Main job. Until the bundled text-to-image model lands: build the datasets and write
-# preview grids read back through the training loader.
+# Main job. Until the bundled text-to-image model lands: build the datasets, write preview
+# grids read back through the training loader, and round-trip emoji through the bundled tokenizer.
 demo: $(STAMP)
 	test -f data/emoji/captions.jsonl || $(VENV)/bin/fastmuse data emoji --out data/emoji
 	test -f data/shapes/captions.jsonl || $(VENV)/bin/fastmuse data shapes --out data/shapes --n 2000 --seed 0
 	$(VENV)/bin/fastmuse data preview data/emoji --split val --n 32 -o outputs/emoji_val.png
 	$(VENV)/bin/fastmuse data preview data/shapes --n 32 -o outputs/shapes.png
-	@echo "demo: wrote outputs/emoji_val.png and outputs/shapes.png"
+	$(VENV)/bin/fastmuse tokenizer eval --data data/emoji --split val --n 32 --grid outputs/tokenizer_recon.png
+	@echo "demo: wrote outputs/emoji_val.png, outputs/shapes.png and outputs/tokenizer_recon.png"
 
 # Fast tests (default); `make test-all` adds the slow ones.
 test: $(STAMP)
