@@ -6,7 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import DataError
 from ..fsutil import atomic_write_text
 from .common import positive
 
@@ -36,12 +35,10 @@ def cmd_recon(a: argparse.Namespace) -> None:
 
 def cmd_eval(a: argparse.Namespace) -> None:
     from ..tokenizer import VQTokenizer
-    from ..tokenizer.evaluate import evaluate_recon, load_val_images, recon_grid
+    from ..tokenizer.evaluate import check_resolution, evaluate_recon, load_val_images, recon_grid
 
     model = VQTokenizer.from_pretrained(a.model)
-    if a.resolution % model.downsample:
-        raise DataError(f"--resolution {a.resolution} is not a multiple of the tokenizer's "
-                        f"downsampling {model.downsample}")
+    check_resolution(model, a.resolution)
     images = load_val_images(a.data, a.resolution, a.n, split=a.split)
     metrics = evaluate_recon(model, images)
     recon = metrics.pop("recon")

@@ -53,13 +53,17 @@ def load_val_images(folder: str | Path, resolution: int, n: int | None = None,
     return torch.stack([ds[i]["image"] for i in picks])
 
 
+def check_resolution(model: VQTokenizer, resolution: int) -> None:
+    if resolution % model.downsample:
+        raise DataError(f"resolution is {resolution}; accepted: a multiple of the tokenizer's "
+                        f"downsampling {model.downsample}")
+
+
 @torch.no_grad()
 def reconstruct(model: VQTokenizer, image: Image.Image | str | Path, resolution: int) -> Image.Image:
     """Round trip one image: RGB on white, shorter side to `resolution`, center crop,
     encode, decode."""
-    if resolution % model.downsample:
-        raise DataError(f"resolution is {resolution}; accepted: a multiple of the tokenizer's "
-                        f"downsampling {model.downsample}")
+    check_resolution(model, resolution)
     if not isinstance(image, Image.Image):
         image = load_rgb(image)
     x = to_tensor(resize_crop(image, resolution)).unsqueeze(0)
