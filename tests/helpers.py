@@ -17,3 +17,49 @@ def tiny_dataset(root: Path, n: int = 12, size: int = 32) -> Path:
     card = DatasetCard(name="tiny", description="test squares", source="tests", license="CC0",
                        command="tests/helpers.py", resolution=size)
     return write_dataset(root, samples, card, total=n)
+
+
+WORDS = ["a", "an", "red", "green", "blue", "yellow", "purple", "orange", "black", "gray", "square",
+         "circle", "heart", "two", "three", "stars", "star", "left", "of", "pizza", "face"]
+
+
+def tiny_text_encoder(root: Path, model_type: str = "bert", max_positions: int = 32) -> Path:
+    """A random 1-layer transformers encoder folder (bert / t5 / clip text) with a word-level
+    BERT tokenizer; what load_text_encoder reads from a local folder."""
+    import torch
+    from transformers import (BertConfig, BertModel, BertTokenizerFast, CLIPTextConfig,
+                              CLIPTextModelWithProjection, T5Config, T5EncoderModel)
+
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *map(str, range(24))])
+                     + "\n")
+    tok = BertTokenizerFast(vocab_file=str(vocab), model_max_length=max_positions)
+    n = len(tok)
+    torch.manual_seed(0)
+    if model_type == "bert":
+        model = BertModel(BertConfig(vocab_size=n, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=37, max_position_embeddings=max_positions))
+    elif model_type == "t5":
+        model = T5EncoderModel(T5Config(vocab_size=n, d_model=32, d_kv=16, d_ff=37, num_layers=1,
+                                        num_heads=2))
+    else:
+        model = CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=n, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+            max_position_embeddings=max_positions, projection_dim=24, pad_token_id=0, bos_token_id=2,
+            eos_token_id=3))
+    model.save_pretrained(root)
+    tok.save_pretrained(root)
+    return root
+
+
+def tiny_tokenizer(root: Path) -> Path:
+    """A random f2 VQ tokenizer with 16 codes (32 px images -> 16x16 tokens)."""
+    import torch
+
+    from fastmuse.tokenizer import VQConfig, VQTokenizer
+
+    torch.manual_seed(0)
+    cfg = VQConfig(block_out_channels=(8, 16), norm_num_groups=8, latent_channels=4, vq_embed_dim=4,
+                   num_vq_embeddings=16)
+    return VQTokenizer(cfg).save_pretrained(root)

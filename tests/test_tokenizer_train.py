@@ -9,7 +9,8 @@ from fastmuse.cli import main
 from fastmuse.errors import ConfigError, DataError
 from fastmuse.hub import load_checkpoint
 from fastmuse.tokenizer import VQConfig, VQTokenizer
-from fastmuse.tokenizer.train import TokenizerTrainConfig, lr_at, train_tokenizer
+from fastmuse.tokenizer.train import TokenizerTrainConfig, train_tokenizer
+from fastmuse.train.schedule import lr_at
 from helpers import tiny_dataset
 
 

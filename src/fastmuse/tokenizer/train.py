@@ -9,7 +9,6 @@ resumed run continues exactly where the checkpoint left it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,7 +21,9 @@ from ..data.folder import ImageFolder
 from ..errors import ConfigError, DataError
 from ..eval.image_metrics import psnr
 from ..train.log import JsonlLogger
+from ..train.distributed import make_accelerator
 from ..train.sampler import StepBatchSampler
+from ..train.schedule import lr_at
 from ..train.state import latest_checkpoint, load_training, prune_checkpoints, save_training
 from .evaluate import evaluate_recon, load_val_images, recon_grid
 from .losses import PatchDiscriminator, discriminator_hinge, generator_hinge, reconstruction_loss
@@ -77,14 +78,6 @@ class TokenizerTrainConfig(Config):
             raise ConfigError("'data' is empty; accepted: one or more dataset folders")
 
 
-def lr_at(step: int, cfg: TokenizerTrainConfig) -> float:
-    """Linear warm-up, then cosine to lr * min_lr_ratio: a pure function of the step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
 def gan_weight_at(step: int, cfg: TokenizerTrainConfig) -> float:
     if cfg.gan_weight <= 0 or step < cfg.gan_start:
         return 0.0
@@ -103,10 +96,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out: str | Path, resume: bool = F
                     stop_at: int | None = None) -> Path:
     """Train into run folder `out` (metrics.jsonl, samples/, checkpoints/, tokenizer/).
     `resume` continues from the newest checkpoint; `stop_at` ends early (tests, time boxes)."""
-    from accelerate import Accelerator
-
     out = Path(out)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    acc = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # crops and code restarts
 

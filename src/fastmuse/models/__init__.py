@@ -1,0 +1,3 @@
+from .transformer import MaskedTransformer, MaskedTransformerConfig, TextContext
+
+__all__ = ["MaskedTransformer", "MaskedTransformerConfig", "TextContext"]

@@ -1,0 +1,184 @@
+"""The masked image transformer (Muse / MaskGIT): token grid + text -> logits per token.
+
+    tokens [B, H, W] (codebook ids, `mask_id` where unknown)
+      -> token embedding + 2D position embedding (row + column)
+      -> depth x Block: x += gate * SelfAttn(mod(LN x));  x += CrossAttn(LN x, text);
+                        x += gate * MLP(mod(LN x))      (mod: shift/scale from the pooled text)
+      -> final LN (modulated) -> Linear -> logits [B, H, W, codebook_size]
+
+Conditioning: `c = MLP(pooled text [+ micro-conditions])` drives adaLN-Zero modulation
+(DiT); per-token text states enter through cross-attention. `prepare_text` computes the
+text keys/values of every block once, so a sampler reuses them at every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Config, check_range
+from ..errors import ConfigError
+from ..hub import PretrainedMixin
+from ..text.encoders import TextEmbedding
+
+
+@dataclass
+class MaskedTransformerConfig(Config):
+    kind = "masked_transformer"
+    codebook_size: int = 1024  # of the image tokenizer; id codebook_size is MASK
+    grid: int = 16  # tokens per side (resolution / tokenizer downsampling)
+    dim: int = 384
+    depth: int = 8
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    text_dim: int = 384  # per-token text states
+    pooled_dim: int = 384  # pooled text vector
+    text_encoder: str = "minilm"  # the encoder whose embeddings it was trained on
+    tokenizer: str = "tokenizer-f8"  # the image tokenizer whose codes it predicts
+    resolution: int = 128  # pixels = grid * tokenizer downsampling
+
+    def validate(self) -> None:
+        for name in ("codebook_size", "grid", "dim", "depth", "heads", "text_dim", "pooled_dim",
+                     "resolution"):
+            check_range(name, getattr(self, name), 1)
+        check_range("mlp_ratio", self.mlp_ratio, 0.0)
+        if self.dim % self.heads:
+            raise ConfigError(f"'dim' is {self.dim}; accepted: a multiple of 'heads' ({self.heads})")
+
+    @property
+    def mask_id(self) -> int:
+        return self.codebook_size
+
+
+@dataclass
+class TextContext:
+    """What a forward pass needs from the text, computed once per prompt batch."""
+
+    c: torch.Tensor  # [B, dim] conditioning vector for the modulations
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block: keys, values [B, heads, L, hd]
+    mask: torch.Tensor  # [B, 1, 1, L] bool, True = attend
+
+    @staticmethod
+    def cat(parts: list[TextContext]) -> TextContext:
+        """Stack along the batch (e.g. conditional + unconditional), padding the text axis."""
+        length = max(p.mask.shape[-1] for p in parts)
+
+        def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+            extra = length - t.shape[dim]
+            return t if extra == 0 else torch.cat(
+                [t, t.new_zeros(*t.shape[:dim], extra, *t.shape[dim + 1:])], dim)
+
+        kv = [(torch.cat([pad(p.kv[i][0], 2) for p in parts]), torch.cat([pad(p.kv[i][1], 2) for p in parts]))
+              for i in range(len(parts[0].kv))]
+        return TextContext(torch.cat([p.c for p in parts]), kv, torch.cat([pad(p.mask, 3) for p in parts]))
+
+    def repeat(self, n: int) -> TextContext:
+        """Each prompt's context n times in a row (n images per prompt)."""
+        return TextContext(self.c.repeat_interleave(n, 0),
+                           [(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in self.kv],
+                           self.mask.repeat_interleave(n, 0))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.q_cross = nn.Linear(dim, dim)
+        self.kv_cross = nn.Linear(dim, 2 * dim)
+        self.proj_cross = nn.Linear(dim, dim)
+        self.norm3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.ada = nn.Linear(dim, 6 * dim)  # shift, scale, gate for attention and MLP
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, d = t.shape
+        return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+    def text_kv(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.kv_cross(text).chunk(2, dim=-1)
+        return self._heads(k), self._heads(v)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
+                text_mask: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        s1, sc1, g1, s2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)
+        q, k, v = self.qkv(modulate(self.norm1(x), s1, sc1)).chunk(3, dim=-1)
+        a = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+        x = x + g1.unsqueeze(1) * self.proj(a.transpose(1, 2).reshape(b, n, d))
+        q = self._heads(self.q_cross(self.norm2(x)))
+        a = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=text_mask)
+        x = x + self.proj_cross(a.transpose(1, 2).reshape(b, n, d))
+        return x + g2.unsqueeze(1) * self.mlp(modulate(self.norm3(x), s2, sc2))
+
+
+class MaskedTransformer(PretrainedMixin, nn.Module):
+    config_class = MaskedTransformerConfig
+
+    def __init__(self, config: MaskedTransformerConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        self.tok_emb = nn.Embedding(cfg.codebook_size + 1, cfg.dim)
+        self.row_emb = nn.Parameter(torch.zeros(cfg.grid, cfg.dim))
+        self.col_emb = nn.Parameter(torch.zeros(cfg.grid, cfg.dim))
+        self.text_proj = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, cfg.dim))
+        self.cond = nn.Sequential(nn.Linear(cfg.pooled_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Linear(cfg.dim, 2 * cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.codebook_size)
+        self._init()
+
+    def _init(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for p in (self.tok_emb.weight, self.row_emb, self.col_emb):
+            nn.init.normal_(p, std=0.02)
+        for blk in self.blocks:  # adaLN-Zero: every block starts as the identity
+            nn.init.zeros_(blk.ada.weight)
+            nn.init.zeros_(blk.ada.bias)
+        nn.init.zeros_(self.ada_out.weight)
+        nn.init.zeros_(self.ada_out.bias)
+        nn.init.normal_(self.head.weight, std=0.02)
+
+    @property
+    def mask_id(self) -> int:
+        return self.config.mask_id
+
+    def prepare_text(self, text: TextEmbedding) -> TextContext:
+        cfg = self.config
+        if text.hidden.shape[-1] != cfg.text_dim or text.pooled.shape[-1] != cfg.pooled_dim:
+            raise ConfigError(f"text embedding dims ({text.hidden.shape[-1]}, {text.pooled.shape[-1]}) "
+                              f"do not match the model's (text_dim {cfg.text_dim}, pooled_dim "
+                              f"{cfg.pooled_dim}); it was trained with the {cfg.text_encoder!r} encoder")
+        dtype = self.head.weight.dtype
+        states = self.text_proj(text.hidden.to(dtype))
+        return TextContext(self.cond(text.pooled.to(dtype)), [blk.text_kv(states) for blk in self.blocks],
+                           text.mask[:, None, None, :].bool())
+
+    def forward(self, tokens: torch.Tensor, text: TextContext | TextEmbedding) -> torch.Tensor:
+        """tokens [B, H, W] long -> logits [B, H, W, codebook_size]."""
+        ctx = self.prepare_text(text) if isinstance(text, TextEmbedding) else text
+        b, h, w = tokens.shape
+        g = self.config.grid
+        if h > g or w > g:
+            raise ConfigError(f"token grid {h}x{w} is larger than the model's {g}x{g}")
+        pos = (self.row_emb[:h, None, :] + self.col_emb[None, :w, :]).reshape(h * w, -1)
+        x = self.tok_emb(tokens.reshape(b, h * w)) + pos
+        for blk, kv in zip(self.blocks, ctx.kv, strict=True):
+            x = blk(x, ctx.c, kv, ctx.mask)
+        shift, scale = self.ada_out(F.silu(ctx.c)).chunk(2, dim=-1)
+        return self.head(modulate(self.norm_out(x), shift, scale)).view(b, h, w, -1)

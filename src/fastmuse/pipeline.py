@@ -1,0 +1,132 @@
+"""Text -> image: text encoder + masked transformer + MaskGIT sampler + VQ decoder.
+
+    pipe = Pipeline.from_pretrained("muse-128")          # a bundled name or a folder
+    images = pipe("red heart", n=4, steps=12, guidance=3.0, seed=0)   # list of PIL images
+
+A model folder is a transformer checkpoint whose config names its image tokenizer and
+text encoder (`tokenizer/` inside the folder wins over the named one) plus `sampler.json`,
+the sampling defaults it was tuned with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .errors import ConfigError
+from .hub import resolve
+from .models.transformer import MaskedTransformer
+from .sampling.maskgit import check_sampler_args, maskgit_sample
+from .text.encoders import TextEncoder, load_text_encoder
+from .tokenizer import VQTokenizer
+
+SAMPLER_FILE = "sampler.json"
+MAX_IMAGES = 64  # per call: n * len(prompts)
+
+
+@dataclass
+class SamplerDefaults:
+    steps: int = 12
+    guidance: float = 3.0
+    schedule: str = "cosine"
+    guidance_schedule: str = "constant"
+    temperature: float = 1.0
+    noise: float = 4.5
+
+    @staticmethod
+    def load(folder: Path) -> SamplerDefaults:
+        path = folder / SAMPLER_FILE
+        return SamplerDefaults(**json.loads(path.read_text(encoding="utf-8"))) if path.is_file() \
+            else SamplerDefaults()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def check_prompts(prompts: str | list[str]) -> list[str]:
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ConfigError("prompt: none given; accepted: one or more non-empty strings")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise ConfigError(f"prompt {p!r} is empty; accepted: a non-empty string")
+    return prompts
+
+
+class Pipeline:
+    def __init__(self, transformer: MaskedTransformer, tokenizer: VQTokenizer, text_encoder: TextEncoder,
+                 defaults: SamplerDefaults | None = None) -> None:
+        cfg = transformer.config
+        if tokenizer.codebook_size != cfg.codebook_size:
+            raise ConfigError(f"tokenizer has {tokenizer.codebook_size} codes, the transformer predicts "
+                              f"{cfg.codebook_size}")
+        self.transformer, self.tokenizer, self.text_encoder = transformer.eval(), tokenizer.eval(), text_encoder
+        self.defaults = defaults or SamplerDefaults()
+        self._uncond = None
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | os.PathLike, text_encoder: TextEncoder | None = None
+                        ) -> Pipeline:
+        folder = resolve(name_or_dir)
+        transformer = MaskedTransformer.from_pretrained(folder)
+        cfg = transformer.config
+        tokenizer = VQTokenizer.from_pretrained(folder / "tokenizer" if (folder / "tokenizer").is_dir()
+                                                else cfg.tokenizer)
+        encoder = text_encoder or load_text_encoder(cfg.text_encoder)
+        return cls(transformer, tokenizer, encoder, SamplerDefaults.load(folder))
+
+    @property
+    def resolution(self) -> int:
+        return self.transformer.config.grid * self.tokenizer.downsample
+
+    def uncond(self):
+        if self._uncond is None:  # the "" embedding: what caption dropout trained against
+            self._uncond = self.transformer.prepare_text(self.text_encoder.encode([""]))
+        return self._uncond
+
+    @torch.no_grad()
+    def generate_tokens(self, prompts: str | list[str], n: int = 1, steps: int | None = None,
+                        guidance: float | None = None, seed: int = 0, init: torch.Tensor | None = None,
+                        **sampler) -> torch.Tensor:
+        """Token grids [len(prompts) * n, g, g], prompt-major. `init` (optional): a starting
+        grid with MASK where to generate (editing); by default everything is generated."""
+        prompts = check_prompts(prompts)
+        if not isinstance(n, int) or not 1 <= n * len(prompts) <= MAX_IMAGES:
+            raise ConfigError(f"n is {n!r}; accepted: an integer with 1 <= n * number of prompts "
+                              f"<= {MAX_IMAGES}")
+        d = self.defaults
+        opts = {"schedule": d.schedule, "guidance_schedule": d.guidance_schedule,
+                "temperature": d.temperature, "noise": d.noise, **sampler}
+        steps = d.steps if steps is None else steps
+        guidance = d.guidance if guidance is None else guidance
+        check_sampler_args(steps, guidance, opts["schedule"], opts["guidance_schedule"],
+                           opts["temperature"], opts["noise"])
+        m = self.transformer
+        cond = m.prepare_text(self.text_encoder.encode(prompts)).repeat(n)
+        b, g = len(prompts) * n, m.config.grid
+        uncond = self.uncond().repeat(b) if guidance > 0 else None
+        tokens = torch.full((b, g, g), m.mask_id) if init is None else init
+        return maskgit_sample(m, tokens, cond, uncond, steps=steps, guidance=guidance,
+                              generator=torch.Generator().manual_seed(seed), **opts)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> list[Image.Image]:
+        from .data.images import to_pil
+
+        return [to_pil(im) for im in self.tokenizer.decode(tokens).clamp(-1, 1)]
+
+    def __call__(self, prompts: str | list[str], n: int = 1, steps: int | None = None,
+                 guidance: float | None = None, seed: int = 0, **sampler) -> list[Image.Image]:
+        return self.decode(self.generate_tokens(prompts, n, steps, guidance, seed, **sampler))
+
+    def save_pretrained(self, folder: str | os.PathLike, card: str | None = None,
+                        extra_files: dict[str, bytes] | None = None) -> Path:
+        files = {SAMPLER_FILE: self.defaults.to_json().encode(), **(extra_files or {})}
+        if card is not None:
+            files["README.md"] = card.encode()
+        return self.transformer.save_pretrained(folder, files)

@@ -1,0 +1,126 @@
+"""MaskGIT parallel decoding (Chang et al. 2022; Muse), as a pure function.
+
+Start from a token grid where unknown positions hold MASK. At step i of N: predict every
+masked token (classifier-free guided), sample a candidate for each, score the candidates
+by their probability plus annealed Gumbel noise, keep the most confident ones and re-mask
+the rest so that the masked fraction follows `schedule((i + 1) / N)`; the last step keeps
+all. Tokens known at the start (editing) are never changed. Randomness comes only from
+`generator`, so the same seed gives the same tokens on CPU.
+
+Guidance follows l = l_cond + g * (l_cond - l_uncond): g = 0 is plain conditional sampling
+(and skips the unconditional half of the batch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from ..errors import ConfigError
+from ..models.transformer import MaskedTransformer, TextContext
+
+MASK_SCHEDULES: dict[str, Callable[[float], float]] = {
+    # fraction of the initially masked tokens still masked at progress t in [0, 1]
+    "cosine": lambda t: math.cos(math.pi / 2 * t),
+    "linear": lambda t: 1.0 - t,
+    "square": lambda t: 1.0 - t * t,
+    "sqrt": lambda t: 1.0 - math.sqrt(t),
+}
+GUIDANCE_SCHEDULES: dict[str, Callable[[float], float]] = {
+    # multiplier of the guidance scale at progress t (t of the step being taken)
+    "constant": lambda t: 1.0,
+    "linear": lambda t: t,
+    "cosine": lambda t: 0.5 * (1.0 - math.cos(math.pi * t)),
+}
+
+
+def check_sampler_args(steps: int, guidance: float, schedule: str, guidance_schedule: str,
+                       temperature: float, noise: float) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps is {steps!r}; accepted: an integer >= 1")
+    if guidance < 0:
+        raise ConfigError(f"guidance is {guidance}; accepted: >= 0 (0 = no classifier-free guidance)")
+    if schedule not in MASK_SCHEDULES:
+        raise ConfigError(f"schedule is {schedule!r}; accepted: {', '.join(MASK_SCHEDULES)}")
+    if guidance_schedule not in GUIDANCE_SCHEDULES:
+        raise ConfigError(f"guidance_schedule is {guidance_schedule!r}; accepted: "
+                          f"{', '.join(GUIDANCE_SCHEDULES)}")
+    if temperature <= 0:
+        raise ConfigError(f"temperature is {temperature}; accepted: > 0")
+    if noise < 0:
+        raise ConfigError(f"noise is {noise}; accepted: >= 0")
+
+
+def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+    return -torch.log((-torch.log(u.clamp(1e-20, 1.0))).clamp(min=1e-20))
+
+
+@torch.no_grad()
+def maskgit_sample(
+    model: MaskedTransformer,
+    tokens: torch.Tensor,
+    cond: TextContext,
+    uncond: TextContext | None = None,
+    *,
+    steps: int = 12,
+    guidance: float = 3.0,
+    schedule: str = "cosine",
+    guidance_schedule: str = "constant",
+    temperature: float = 1.0,
+    noise: float = 4.5,
+    generator: torch.Generator | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """tokens [B, H, W] with `model.mask_id` where to generate -> completed tokens.
+
+    cond / uncond: text contexts of B rows (`model.prepare_text`), computed once.
+    temperature: softmax temperature for the candidates; noise: Gumbel scale on the
+    confidences at the first step, annealed linearly to 0 (MaskGIT's choice temperature).
+    """
+    check_sampler_args(steps, guidance, schedule, guidance_schedule, temperature, noise)
+    b = tokens.shape[0]
+    if cond.c.shape[0] != b or (uncond is not None and uncond.c.shape[0] != b):
+        raise ConfigError(f"text contexts must have one row per image ({b})")
+    guided = guidance > 0
+    if guided and uncond is None:
+        raise ConfigError("guidance > 0 needs an unconditional text context")
+    ctx = TextContext.cat([cond, uncond]) if guided else cond
+    mask_id = model.mask_id
+    x = tokens.clone()
+    shape = x.shape
+    x = x.view(b, -1)
+    unknown0 = x == mask_id
+    n_unknown = unknown0.sum(1)  # per image
+    for i in range(steps):
+        unknown = x == mask_id
+        if not unknown.any():
+            break
+        inp = x.view(shape)
+        logits = model(torch.cat([inp, inp]) if guided else inp, ctx).float().view(len(ctx.c), x.shape[1], -1)
+        if guided:
+            lc, lu = logits.chunk(2)
+            logits = lc + guidance * GUIDANCE_SCHEDULES[guidance_schedule]((i + 1) / steps) * (lc - lu)
+        logits = logits / temperature
+        sampled = (logits + _gumbel(logits.shape, generator, logits.device)).argmax(-1)
+        logp = torch.log_softmax(logits, -1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+        sampled = torch.where(unknown, sampled, x)
+        t = (i + 1) / steps
+        # how many stay masked after this step: schedule of the progress, at least 1 until the end
+        keep_masked = torch.floor(n_unknown * MASK_SCHEDULES[schedule](t)).long()
+        if i < steps - 1:
+            keep_masked = torch.minimum(torch.maximum(keep_masked, torch.ones_like(keep_masked)),
+                                        unknown.sum(1) - 1).clamp(min=0)
+        else:
+            keep_masked = torch.zeros_like(keep_masked)
+        conf = logp + noise * (1.0 - t) * _gumbel(logp.shape, generator, logp.device)
+        conf = torch.where(unknown, conf, torch.full_like(conf, math.inf))  # decided tokens stay
+        order = conf.argsort(dim=1)  # least confident first
+        ranks = order.argsort(dim=1)
+        remask = ranks < keep_masked.unsqueeze(1)
+        x = torch.where(remask, torch.full_like(sampled, mask_id), sampled)
+        if callback is not None:
+            callback(i, x.view(shape))
+    return x.view(shape)

@@ -1,0 +1,305 @@
+"""Masked-token training of the text-to-image transformer: `fastmuse train transformer`.
+
+Images and captions are pre-encoded once (data/tokens.py). Each step: pick a mask ratio
+per image from the cosine schedule, replace that many random tokens by MASK, predict them
+with the caption's embedding (dropped to "" with `caption_dropout`, which is what
+classifier-free guidance needs), cross-entropy on the masked tokens only. AdamW with
+warm-up + cosine decay, an EMA copy of the weights (what gets sampled and saved), exact
+resume: the batch, its masks and caption choices are functions of (seed, step, rank).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..config import Config, check_range
+from ..data.images import make_grid, to_pil
+from ..data.tokens import TokenData, TokenSplit, build_token_data
+from ..errors import ConfigError, DataError
+from ..models.transformer import MaskedTransformer, MaskedTransformerConfig
+from ..sampling.maskgit import maskgit_sample
+from ..text.cache import EmbeddingCache
+from .distributed import make_accelerator
+from .log import JsonlLogger
+from .sampler import StepBatchSampler
+from .schedule import lr_at
+from .state import latest_checkpoint, load_training, prune_checkpoints, save_training
+
+SAMPLE_PROMPTS = ("red heart", "smiling face with sunglasses", "pizza", "a blue circle",
+                  "two yellow stars", "a red square left of a green triangle", "rocket", "cat face")
+
+
+@dataclass
+class TransformerTrainConfig(Config):
+    kind = "train_transformer"
+    model: MaskedTransformerConfig = field(default_factory=MaskedTransformerConfig)
+    data: tuple[str, ...] = ("data/emoji", "shapes:0")  # folders / shards / shapes:SEED
+    repeats: tuple[int, ...] = (1, 1)  # per source: times its samples appear per epoch
+    shapes_train: int = 8000  # scenes taken from each shapes:SEED stream
+    shapes_val: int = 100
+    tokenizer: str = "tokenizer-f8"
+    text_encoder: str = "minilm"
+    cache_dir: str = "data/cache"
+    batch_size: int = 32  # per process
+    steps: int = 2000
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    label_smoothing: float = 0.1
+    caption_dropout: float = 0.1
+    alt_caption_prob: float = 0.2  # use one of a sample's alternative captions
+    ema_decay: float = 0.999
+    log_every: int = 10
+    eval_every: int = 250
+    save_every: int = 250
+    keep_checkpoints: int = 2
+    sample_prompts: tuple[str, ...] = SAMPLE_PROMPTS
+    sample_steps: int = 12
+    sample_guidance: float = 3.0
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+    def validate(self) -> None:
+        for name in ("batch_size", "steps", "grad_accum", "log_every", "eval_every", "save_every",
+                     "keep_checkpoints", "sample_steps", "shapes_train", "shapes_val"):
+            check_range(name, getattr(self, name), 1)
+        for name in ("caption_dropout", "alt_caption_prob", "label_smoothing", "ema_decay"):
+            check_range(name, getattr(self, name), 0.0, 1.0)
+        check_range("lr", self.lr, 0.0)
+        if not self.data:
+            raise ConfigError("'data' is empty; accepted: one or more data sources")
+        if len(self.repeats) != len(self.data) or min(self.repeats) < 1:
+            raise ConfigError(f"'repeats' is {list(self.repeats)}; accepted: one integer >= 1 per "
+                              f"entry of 'data' ({len(self.data)})")
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """Masks and caption choices of a (micro-)step: a function of (seed, step, rank) only,
+    so resuming needs no generator state and ranks draw different masks."""
+    digest = hashlib.blake2b(f"{seed}/{step}/{rank}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
+def random_mask(tokens: torch.Tensor, mask_id: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask cos(pi/2 * r), r ~ U(0,1), of each grid's tokens (at least one).
+    Returns (masked tokens, bool mask of the positions to predict)."""
+    b = tokens.shape[0]
+    flat = tokens.reshape(b, -1)
+    n = flat.shape[1]
+    ratio = torch.cos(math.pi / 2 * torch.rand(b, generator=gen))
+    count = (ratio * n).ceil().clamp(1, n).long()
+    ranks = torch.rand(b, n, generator=gen).argsort(1).argsort(1)
+    mask = ranks < count.unsqueeze(1)
+    return torch.where(mask, mask_id, flat).view_as(tokens), mask.view_as(tokens)
+
+
+def pick_captions(split: TokenSplit, idx: list[int], cfg: TransformerTrainConfig, empty_row: int,
+                  gen: torch.Generator) -> torch.Tensor:
+    """Main caption, an alternative with alt_caption_prob, "" with caption_dropout."""
+    u = torch.rand(len(idx), 3, generator=gen)
+    rows = []
+    for j, i in enumerate(idx):
+        options = split.caption_rows(i)
+        pick = 0
+        if len(options) > 1 and u[j, 0] < cfg.alt_caption_prob:
+            pick = 1 + int(u[j, 1] * (len(options) - 1))
+        rows.append(empty_row if u[j, 2] < cfg.caption_dropout else int(options[pick]))
+    return torch.tensor(rows)
+
+
+def masked_loss(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor, inputs: torch.Tensor,
+                text, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy and accuracy on the masked positions only."""
+    logits = model(inputs, text)[mask].float()
+    target = tokens[mask]
+    loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    return loss, (logits.argmax(-1) == target).float().mean()
+
+
+@torch.no_grad()
+def evaluate_masked(model: MaskedTransformer, split: TokenSplit, captions: EmbeddingCache,
+                    groups: dict[str, range], batch_size: int = 64, seed: int = 1234) -> dict[str, float]:
+    """Held-out masked-token loss/accuracy with fixed masks (same every call), per group and
+    overall; `acc50` masks exactly half of each grid."""
+    out: dict[str, float] = {}
+    totals: dict[str, list[float]] = {"loss": [], "acc": [], "acc50": []}
+    for name, rng in groups.items():
+        gen = torch.Generator().manual_seed(seed)
+        sums = {"loss": 0.0, "acc": 0.0, "acc50": 0.0}
+        for start in range(rng.start, rng.stop, batch_size):
+            idx = list(range(start, min(start + batch_size, rng.stop)))
+            tokens = split.tokens[idx]
+            text = captions.lookup(torch.stack([split.caption_rows(i)[0] for i in idx]))
+            ctx = model.prepare_text(text)
+            inputs, mask = random_mask(tokens, model.mask_id, gen)
+            loss, acc = masked_loss(model, tokens, mask, inputs, ctx)
+            half = torch.rand(tokens.shape, generator=gen).flatten(1).argsort(1).argsort(1) < \
+                tokens[0].numel() // 2
+            half = half.view_as(tokens)
+            _, acc50 = masked_loss(model, tokens, half, torch.where(half, model.mask_id, tokens), ctx)
+            for k, v in (("loss", loss), ("acc", acc), ("acc50", acc50)):
+                sums[k] += float(v) * len(idx)
+        for k in sums:
+            out[f"val_{k}_{name}"] = sums[k] / len(rng)
+            totals[k].append(sums[k])
+    n = sum(len(r) for r in groups.values())
+    out.update({f"val_{k}": sum(v) / n for k, v in totals.items()})
+    return out
+
+
+@torch.no_grad()
+def sample_grid(model: MaskedTransformer, tokenizer, encoder, prompts: tuple[str, ...], steps: int,
+                guidance: float, seed: int = 0):
+    text = encoder.encode(list(prompts))
+    cond = model.prepare_text(text)
+    uncond = model.prepare_text(encoder.encode([""] * len(prompts)))
+    g = model.config.grid
+    init = torch.full((len(prompts), g, g), model.mask_id)
+    tokens = maskgit_sample(model, init, cond, uncond, steps=steps, guidance=guidance,
+                            generator=torch.Generator().manual_seed(seed))
+    images = tokenizer.decode(tokens).clamp(-1, 1)
+    return make_grid([to_pil(im) for im in images], ncols=min(len(prompts), 8), captions=list(prompts))
+
+
+def _source_ranges(counts: list[int]) -> list[range]:
+    starts = [0]
+    for c in counts:
+        starts.append(starts[-1] + c)
+    return [range(a, b) for a, b in zip(starts, starts[1:], strict=False)]
+
+
+def _group_name(source: str) -> str:
+    return source.rstrip("/").split("/")[-1].replace(":", "")
+
+
+def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool = False,
+                      stop_at: int | None = None) -> Path:
+    """Train into run folder `out` (metrics.jsonl, samples/, checkpoints/, transformer/);
+    `resume` continues from the newest checkpoint, `stop_at` ends early."""
+    from ..text.encoders import load_text_encoder
+    from ..tokenizer import VQTokenizer
+
+    out = Path(out)
+    acc = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
+    ckpt = latest_checkpoint(out)
+    if resume and ckpt is None:
+        raise DataError(f"--resume: no checkpoint in {out / 'checkpoints'}")
+    if not resume and (out / "checkpoints").exists():
+        raise DataError(f"{out} already holds a run; pass --resume or choose another --out")
+    acc.wait_for_everyone()  # every rank has looked before the main one writes anything
+    tokenizer = VQTokenizer.from_pretrained(cfg.tokenizer)
+    encoder = load_text_encoder(cfg.text_encoder)
+    resolution = cfg.model.resolution
+    if resolution % tokenizer.downsample:
+        raise ConfigError(f"model.resolution {resolution} is not a multiple of the tokenizer's "
+                          f"downsampling {tokenizer.downsample}")
+    mcfg = cfg.model.replace(codebook_size=tokenizer.codebook_size, grid=resolution // tokenizer.downsample,
+                             text_dim=encoder.hidden_dim, pooled_dim=encoder.pooled_dim,
+                             text_encoder=cfg.text_encoder, tokenizer=cfg.tokenizer)
+    cfg = cfg.replace(model=mcfg)
+    with acc.main_process_first():  # one process builds the cache, the others load it
+        data = build_token_data(list(cfg.data), tokenizer, encoder, resolution, cfg.cache_dir,
+                                cfg.shapes_train, cfg.shapes_val, tokenizer_id=cfg.tokenizer)
+    train_ranges = _source_ranges(data.info["counts"]["train"])
+    val_groups = {_group_name(s): r for s, r in zip(cfg.data, _source_ranges(data.info["counts"]["val"]),
+                                                    strict=True) if len(r)}
+    order = torch.cat([torch.arange(r.start, r.stop).repeat(k) for r, k in zip(train_ranges, cfg.repeats,
+                                                                                strict=True)])
+    empty_row = int(data.captions.rows([""])[0])
+
+    torch.manual_seed(cfg.seed)
+    model = MaskedTransformer(mcfg).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
+    modules = {"model": model, "ema": ema}
+    start = 0
+    if ckpt is not None:
+        start = load_training(ckpt, modules, {"model": opt}, {})["step"]
+        acc.print(f"resuming from {ckpt} (step {start})")
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    if acc.is_main_process:
+        cfg.save(out / "config.json")
+    model, opt = acc.prepare(model, opt)
+    raw = acc.unwrap_model(model)
+    sampler = StepBatchSampler(len(order), cfg.batch_size, cfg.seed, 0, acc.process_index, acc.num_processes)
+    logger = JsonlLogger(out / "metrics.jsonl", resume_step=start if resume else None)
+    end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+    bar = tqdm(range(start, end), initial=start, total=end, desc="transformer",
+               disable=not acc.is_main_process)
+    for step in bar:
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        logs: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            at = step * cfg.grad_accum + micro
+            idx = [int(order[i]) for i in sampler.batch_at(at)]
+            gen = step_generator(cfg.seed, at, acc.process_index)
+            tokens = data.train.tokens[idx]
+            rows = pick_captions(data.train, idx, cfg, empty_row, gen)
+            inputs, mask = random_mask(tokens, mcfg.mask_id, gen)
+            text = data.captions.lookup(rows).to(acc.device)
+            with acc.accumulate(model):
+                with acc.autocast():
+                    loss, accuracy = masked_loss(model, tokens.to(acc.device), mask.to(acc.device),
+                                                 inputs.to(acc.device), text, cfg.label_smoothing)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    logs["grad_norm"] = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            logs.update(loss=loss.item(), acc=accuracy.item())
+        done = step + 1
+        with torch.no_grad():  # EMA with warm-up: early on the average follows the weights
+            d = min(cfg.ema_decay, (1 + done) / (10 + done))
+            for pe, pm in zip(ema.parameters(), raw.parameters(), strict=True):
+                pe.lerp_(pm.detach(), 1 - d)
+        if done % cfg.log_every == 0 or done == end:
+            logs.update(step=done, lr=lr)
+            if acc.is_main_process:
+                logger.log(logs)
+            bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['acc']:.3f}")
+        if acc.is_main_process and (done % cfg.eval_every == 0 or done == end):
+            logger.log({"step": done, **evaluate_masked(ema, data.val, data.captions, val_groups)})
+            sample_grid(ema, tokenizer, encoder, cfg.sample_prompts, cfg.sample_steps,
+                        cfg.sample_guidance).save(out / "samples" / f"step-{done:06d}.png")
+        if done % cfg.save_every == 0 or done == end:
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                save_training(out / "checkpoints" / f"step-{done:06d}", cfg, modules, {"model": opt},
+                              {}, done)
+                prune_checkpoints(out, cfg.keep_checkpoints)
+    if acc.num_processes > 1:  # DDP must leave every rank with the same weights: check it
+        sums = acc.gather(torch.tensor([weights_checksum(raw)], device=acc.device)).tolist()
+        if acc.is_main_process:
+            logger.log({"step": end, "rank_checksums": sums, "ranks_agree": len(set(sums)) == 1})
+        if len(set(sums)) != 1:
+            raise RuntimeError(f"DDP ranks disagree on the weights after step {end}: {sums}")
+    if acc.is_main_process and end == cfg.steps:
+        ema.save_pretrained(out / "transformer")
+    acc.wait_for_everyone()
+    return out / "transformer"
+
+
+def weights_checksum(model: torch.nn.Module) -> int:
+    """A 63-bit hash of every parameter's bytes (equal iff the weights are bit-identical)."""
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return int.from_bytes(h.digest()[:8], "little") >> 1

@@ -1,0 +1,21 @@
+"""Learning-rate schedule shared by the trainers: a pure function of the step."""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+
+class _Schedule(Protocol):
+    lr: float
+    min_lr_ratio: float
+    warmup_steps: int
+    steps: int
+
+
+def lr_at(step: int, cfg: _Schedule) -> float:
+    """Linear warm-up, then cosine to lr * min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))

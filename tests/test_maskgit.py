@@ -1,0 +1,100 @@
+"""MaskGIT decoding: schedule, determinism, editing constraints, guidance, bad input."""
+
+import math
+
+import pytest
+import torch
+
+from fastmuse.errors import ConfigError
+from fastmuse.models import MaskedTransformer, MaskedTransformerConfig
+from fastmuse.sampling import GUIDANCE_SCHEDULES, MASK_SCHEDULES, maskgit_sample
+from fastmuse.text import TextEmbedding
+
+CFG = MaskedTransformerConfig(codebook_size=16, grid=4, dim=32, depth=2, heads=2, text_dim=8,
+                              pooled_dim=6, resolution=16)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = MaskedTransformer(CFG).eval()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return m
+
+
+def ctx(model, b, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return model.prepare_text(TextEmbedding(torch.randn(b, 3, 8, generator=g), torch.randn(b, 6, generator=g),
+                                            torch.ones(b, 3, dtype=torch.bool)))
+
+
+def run(model, tokens, seed=0, **kw):
+    b = tokens.shape[0]
+    return maskgit_sample(model, tokens, ctx(model, b), ctx(model, b, seed=9),
+                          generator=torch.Generator().manual_seed(seed), **kw)
+
+
+def blank(b=2):
+    return torch.full((b, 4, 4), CFG.mask_id)
+
+
+def test_fills_every_token_and_is_deterministic(model):
+    a, b = run(model, blank(), steps=6), run(model, blank(), steps=6)
+    assert (a != CFG.mask_id).all() and a.max() < 16
+    assert torch.equal(a, b)
+    assert not torch.equal(a, run(model, blank(), seed=1, steps=6))
+
+
+def test_masked_count_follows_schedule(model):
+    seen = []
+    run(model, blank(1), steps=5, schedule="cosine", callback=lambda i, x: seen.append(int((x == 16).sum())))
+    want = [max(1, math.floor(16 * math.cos(math.pi / 2 * (i + 1) / 5))) for i in range(4)] + [0]
+    assert seen == want
+
+
+@pytest.mark.parametrize("schedule", list(MASK_SCHEDULES))
+def test_schedules_end_points(schedule):
+    f = MASK_SCHEDULES[schedule]
+    assert f(0.0) == pytest.approx(1.0) and f(1.0) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_known_tokens_never_change(model):
+    src = torch.randint(0, 16, (2, 4, 4))
+    hole = torch.zeros(2, 4, 4, dtype=torch.bool)
+    hole[:, 1:3, 1:3] = True
+    out = run(model, torch.where(hole, CFG.mask_id, src), steps=4)
+    assert torch.equal(out[~hole], src[~hole]) and (out[hole] != CFG.mask_id).all()
+    assert torch.equal(run(model, src.clone(), steps=4), src)  # nothing masked: nothing to do
+
+
+def test_one_step_and_no_guidance(model):
+    out = maskgit_sample(model, blank(), ctx(model, 2), None, steps=1, guidance=0.0,
+                         generator=torch.Generator().manual_seed(0))
+    assert (out != CFG.mask_id).all()
+
+
+def test_guidance_matters(model):
+    assert not torch.equal(run(model, blank(), steps=4, guidance=0.0), run(model, blank(), steps=4, guidance=50.0))
+    assert GUIDANCE_SCHEDULES["linear"](0.5) == 0.5 and GUIDANCE_SCHEDULES["cosine"](1.0) == pytest.approx(1.0)
+
+
+def test_zero_noise_low_temperature_is_greedy(model):
+    """Without noise and with a tiny temperature the sample is the argmax of the guided logits."""
+    out = run(model, blank(1), steps=1, guidance=0.0, noise=0.0, temperature=1e-4)
+    want = model(blank(1), ctx(model, 1)).argmax(-1)
+    assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("kw, match", [({"steps": 0}, "steps"), ({"guidance": -1.0}, "guidance"),
+                                       ({"schedule": "zigzag"}, "schedule"),
+                                       ({"guidance_schedule": "up"}, "guidance_schedule"),
+                                       ({"temperature": 0.0}, "temperature"), ({"noise": -1.0}, "noise")])
+def test_bad_arguments_named(model, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        run(model, blank(), **kw)
+
+
+def test_guidance_needs_uncond(model):
+    with pytest.raises(ConfigError, match="unconditional"):
+        maskgit_sample(model, blank(), ctx(model, 2), None, guidance=2.0)

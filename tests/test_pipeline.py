@@ -1,0 +1,94 @@
+"""Pipeline and `fastmuse generate`: images, determinism, text computed once, bad input."""
+
+import pytest
+import torch
+from PIL import Image
+
+from fastmuse.cli import main
+from fastmuse.errors import CheckpointError, ConfigError
+from fastmuse.models import MaskedTransformer, MaskedTransformerConfig
+from fastmuse.models.transformer import Block
+from fastmuse.pipeline import Pipeline, SamplerDefaults
+from fastmuse.text import load_text_encoder
+from fastmuse.tokenizer import VQTokenizer
+from helpers import tiny_text_encoder, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    tok, te = tiny_tokenizer(root / "tok"), tiny_text_encoder(root / "te")
+    torch.manual_seed(0)
+    cfg = MaskedTransformerConfig(codebook_size=16, grid=16, dim=32, depth=2, heads=2, text_dim=32,
+                                  pooled_dim=32, resolution=32, tokenizer=str(tok), text_encoder=str(te))
+    model = MaskedTransformer(cfg)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    pipe = Pipeline(model, VQTokenizer.from_pretrained(tok), load_text_encoder(str(te)),
+                    SamplerDefaults(steps=3, guidance=2.0))
+    return pipe.save_pretrained(root / "model", card="# tiny test model\n")
+
+
+@pytest.fixture(scope="module")
+def pipe(model_dir):
+    return Pipeline.from_pretrained(model_dir)
+
+
+def test_images_and_defaults(pipe):
+    assert pipe.defaults.steps == 3 and pipe.resolution == 32
+    images = pipe(["a red square", "two blue stars"], n=2, seed=0)
+    assert len(images) == 4 and all(isinstance(im, Image.Image) and im.size == (32, 32) for im in images)
+
+
+def test_same_seed_same_images(pipe):
+    a = pipe.generate_tokens("a red heart", n=2, seed=3)
+    assert torch.equal(a, pipe.generate_tokens("a red heart", n=2, seed=3))
+    assert not torch.equal(a, pipe.generate_tokens("a red heart", n=2, seed=4))
+
+
+def test_text_keys_values_once_per_call(pipe, monkeypatch):
+    calls = []
+    original = Block.text_kv
+    monkeypatch.setattr(Block, "text_kv", lambda self, t: calls.append(1) or original(self, t))
+    pipe._uncond = None
+    pipe("a red square", n=3, steps=5, guidance=2.0)
+    assert len(calls) == 2 * 2  # depth 2 x (prompt + the empty prompt), not x steps
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"prompts": ""}, "empty"), ({"prompts": []}, "prompt"), ({"steps": 0}, "steps"),
+    ({"guidance": -1.0}, "guidance"), ({"n": 0}, "n is"), ({"n": 65}, "n is"),
+    ({"schedule": "zigzag"}, "schedule")])
+def test_bad_input_named(pipe, kw, match):
+    args = {"prompts": "a red square", **kw}
+    with pytest.raises(ConfigError, match=match):
+        pipe(**args)
+
+
+def test_unknown_model_name():
+    with pytest.raises(CheckpointError, match="bundled"):
+        Pipeline.from_pretrained("no-such-model")
+
+
+def test_cli_generate(model_dir, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["generate", "a red square", "a blue square", "--model", str(model_dir), "--n", "2",
+                 "--steps", "2", "-o", str(out), "--out-dir", str(tmp_path / "each")]) == 0
+    assert Image.open(out).size[0] > 64 and len(list((tmp_path / "each").glob("*.png"))) == 4
+    assert "wrote 4 image(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--steps", "0"], "steps"), (["--guidance", "-2"], "guidance"), (["--n", "0"], "--n"),
+    (["--model", "nope"], "bundled"), ([], None)])
+def test_cli_bad_input(model_dir, tmp_path, capsys, args, match):
+    argv = ["generate", "a red square", "--model", str(model_dir), "-o", str(tmp_path / "x.png"), *args]
+    if match is None:  # no output named
+        argv = ["generate", "a red square", "--model", str(model_dir)]
+        match = "--output"
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse rejects some values itself (exit 2)
+        code = e.code
+    err = capsys.readouterr().err
+    assert code in (1, 2) and match in err and "Traceback" not in err

@@ -1,0 +1,120 @@
+"""Masked-transformer training: runs, logs, resumes exactly, DDP ranks agree."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastmuse.data.tokens import TokenData
+from fastmuse.errors import ConfigError, DataError
+from fastmuse.hub import load_checkpoint
+from fastmuse.models import MaskedTransformer, MaskedTransformerConfig
+from fastmuse.train.masked import TransformerTrainConfig, random_mask, train_transformer, weights_checksum
+from helpers import tiny_dataset, tiny_text_encoder, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parts")
+    return {"data": str(tiny_dataset(root / "d", n=16, size=32)),
+            "tokenizer": str(tiny_tokenizer(root / "tok")),
+            "text_encoder": str(tiny_text_encoder(root / "te")),
+            "cache_dir": str(root / "cache")}
+
+
+def cfg_for(parts, **kw) -> TransformerTrainConfig:
+    model = MaskedTransformerConfig(dim=32, depth=2, heads=2, resolution=32)
+    base = dict(model=model, data=(parts["data"],), repeats=(1,), tokenizer=parts["tokenizer"],
+                text_encoder=parts["text_encoder"], cache_dir=parts["cache_dir"], batch_size=4, steps=4,
+                warmup_steps=1, log_every=1, eval_every=2, save_every=2, sample_steps=2,
+                sample_prompts=("a red square", "a blue square"))
+    return TransformerTrainConfig(**{**base, **kw})
+
+
+def test_run_writes_everything(parts, tmp_path):
+    out = train_transformer(cfg_for(parts), tmp_path / "run")
+    model = MaskedTransformer.from_pretrained(out)
+    assert model.config.codebook_size == 16 and model.config.grid == 16 and model.config.text_dim == 32
+    logs = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs if "loss" in r] == [1, 2, 3, 4]
+    evals = [r for r in logs if "val_acc" in r]
+    assert [r["step"] for r in evals] == [2, 4] and 0 <= evals[-1]["val_acc"] <= 1
+    assert sorted(p.name for p in (tmp_path / "run/samples").iterdir()) == ["step-000002.png", "step-000004.png"]
+    cache = TokenData.load(next(Path(parts["cache_dir"]).iterdir()))
+    assert len(cache.train) == 12 and len(cache.val) == 4 and cache.train.tokens.shape[1:] == (16, 16)
+
+
+def test_resume_is_exact(parts, tmp_path):
+    cfg = cfg_for(parts)
+    train_transformer(cfg, tmp_path / "a")
+    train_transformer(cfg, tmp_path / "b", stop_at=2)
+    assert not (tmp_path / "b/transformer").exists()
+    train_transformer(cfg, tmp_path / "b", resume=True)
+    for name in ("model", "ema", "optimizer_model"):
+        wa = load_checkpoint(tmp_path / "a/checkpoints/step-000004").weights(name)
+        wb = load_checkpoint(tmp_path / "b/checkpoints/step-000004").weights(name)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    la = (tmp_path / "a/metrics.jsonl").read_text().splitlines()
+    lb = (tmp_path / "b/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["loss"] for x in la if '"loss"' in x] == [json.loads(x)["loss"] for x in lb if '"loss"' in x]
+
+
+def test_refuses_to_overwrite_and_needs_checkpoint(parts, tmp_path):
+    train_transformer(cfg_for(parts, steps=2), tmp_path / "run")
+    with pytest.raises(DataError, match="already holds a run"):
+        train_transformer(cfg_for(parts, steps=2), tmp_path / "run")
+    with pytest.raises(DataError, match="no checkpoint"):
+        train_transformer(cfg_for(parts), tmp_path / "empty", resume=True)
+
+
+def test_learns_the_tiny_set(parts, tmp_path):
+    cfg = cfg_for(parts, steps=60, lr=3e-3, eval_every=60, save_every=60, caption_dropout=0.0,
+                  label_smoothing=0.0)
+    train_transformer(cfg, tmp_path / "run")
+    logs = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in logs if "loss" in r]
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_random_mask_counts():
+    tokens = torch.randint(0, 10, (64, 4, 4))
+    masked, mask = random_mask(tokens, 10, torch.Generator().manual_seed(0))
+    assert (mask.flatten(1).sum(1) >= 1).all() and torch.equal(masked[mask], torch.full_like(masked[mask], 10))
+    assert torch.equal(masked[~mask], tokens[~mask])
+    assert 0.5 < mask.float().mean() < 0.8  # E[cos(pi/2 U)] = 2/pi
+
+
+def test_config_errors(parts):
+    with pytest.raises(ConfigError, match="repeats"):
+        cfg_for(parts, repeats=(1, 2))
+    with pytest.raises(ConfigError, match="caption_dropout"):
+        cfg_for(parts, caption_dropout=1.5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_agree(parts, tmp_path):
+    cfg = cfg_for(parts, eval_every=100, save_every=100)
+    cfg.save(tmp_path / "cfg.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), str(Path(__file__).parent / "ddp_worker.py"), str(tmp_path / "cfg.json"),
+           str(tmp_path / "run")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    logs = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    check = [r for r in logs if "ranks_agree" in r]
+    assert check and check[-1]["ranks_agree"] and len(check[-1]["rank_checksums"]) == 2
+    ckpt = load_checkpoint(tmp_path / "run/checkpoints/step-000004")
+    model = MaskedTransformer(MaskedTransformerConfig.from_dict(ckpt.config["model"]))
+    model.load_state_dict(ckpt.weights("model"))
+    assert weights_checksum(model) == check[-1]["rank_checksums"][0]

@@ -1,0 +1,81 @@
+"""The masked transformer: shapes, text context reuse and padding, save/load."""
+
+import pytest
+import torch
+
+from fastmuse.errors import ConfigError
+from fastmuse.models import MaskedTransformer, MaskedTransformerConfig, TextContext
+from fastmuse.text import TextEmbedding
+
+CFG = MaskedTransformerConfig(codebook_size=16, grid=4, dim=32, depth=2, heads=2, text_dim=8,
+                              pooled_dim=6, resolution=16)
+
+
+def text(b: int, length: int, seed: int = 0) -> TextEmbedding:
+    g = torch.Generator().manual_seed(seed)
+    return TextEmbedding(torch.randn(b, length, 8, generator=g), torch.randn(b, 6, generator=g),
+                         torch.ones(b, length, dtype=torch.bool))
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    m = MaskedTransformer(CFG).eval()
+    for p in m.parameters():  # leave adaLN-Zero's identity start: every path must matter
+        torch.nn.init.normal_(p, std=0.1)
+    return m
+
+
+def test_logits_shape_and_mask_id(model):
+    tokens = torch.full((3, 4, 4), model.mask_id)
+    assert model.mask_id == 16
+    assert model(tokens, text(3, 5)).shape == (3, 4, 4, 16)
+
+
+def test_prepared_text_equals_direct(model):
+    tokens = torch.randint(0, 17, (2, 4, 4))
+    t = text(2, 5)
+    torch.testing.assert_close(model(tokens, t), model(tokens, model.prepare_text(t)))
+
+
+def test_text_padding_is_masked(model):
+    tokens = torch.randint(0, 17, (1, 4, 4))
+    short = text(1, 3)
+    padded = TextEmbedding(torch.cat([short.hidden, torch.randn(1, 4, 8)], 1), short.pooled,
+                           torch.tensor([[True] * 3 + [False] * 4]))
+    torch.testing.assert_close(model(tokens, short), model(tokens, padded), atol=1e-5, rtol=1e-5)
+    # and the conditional/unconditional stacking the sampler uses pads the same way
+    both = TextContext.cat([model.prepare_text(short), model.prepare_text(text(1, 6, seed=1))])
+    torch.testing.assert_close(model(tokens.repeat(2, 1, 1), both)[:1], model(tokens, short),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_text_changes_the_output(model):
+    tokens = torch.randint(0, 17, (1, 4, 4))
+    assert not torch.allclose(model(tokens, text(1, 5, 0)), model(tokens, text(1, 5, 1)))
+
+
+def test_smaller_grid_and_bad_grid(model):
+    assert model(torch.zeros(1, 2, 3, dtype=torch.long), text(1, 2)).shape == (1, 2, 3, 16)
+    with pytest.raises(ConfigError, match="larger than"):
+        model(torch.zeros(1, 5, 4, dtype=torch.long), text(1, 2))
+
+
+def test_wrong_text_dims_named(model):
+    bad = TextEmbedding(torch.randn(1, 2, 9), torch.randn(1, 6), torch.ones(1, 2, dtype=torch.bool))
+    with pytest.raises(ConfigError, match="text_dim"):
+        model(torch.zeros(1, 4, 4, dtype=torch.long), bad)
+
+
+def test_save_load_roundtrip(model, tmp_path):
+    model.save_pretrained(tmp_path / "m")
+    back = MaskedTransformer.from_pretrained(tmp_path / "m")
+    tokens = torch.randint(0, 17, (2, 4, 4))
+    torch.testing.assert_close(back(tokens, text(2, 3)), model(tokens, text(2, 3)))
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="heads"):
+        MaskedTransformerConfig(dim=30, heads=4)
+    with pytest.raises(ConfigError, match="depth"):
+        MaskedTransformerConfig(depth=0)
