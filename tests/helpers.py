@@ -27,8 +27,15 @@ def tiny_text_encoder(root: Path, model_type: str = "bert", max_positions: int =
     """A random 1-layer transformers encoder folder (bert / t5 / clip text) with a word-level
     BERT tokenizer; what load_text_encoder reads from a local folder."""
     import torch
-    from transformers import (BertConfig, BertModel, BertTokenizerFast, CLIPTextConfig,
-                              CLIPTextModelWithProjection, T5Config, T5EncoderModel)
+    from transformers import (
+        BertConfig,
+        BertModel,
+        BertTokenizerFast,
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        T5Config,
+        T5EncoderModel,
+    )
 
     root.mkdir(parents=True, exist_ok=True)
     vocab = root / "vocab.txt"

@@ -75,8 +75,10 @@ def test_one_step_and_no_guidance(model):
 
 
 def test_guidance_matters(model):
-    assert not torch.equal(run(model, blank(), steps=4, guidance=0.0), run(model, blank(), steps=4, guidance=50.0))
-    assert GUIDANCE_SCHEDULES["linear"](0.5) == 0.5 and GUIDANCE_SCHEDULES["cosine"](1.0) == pytest.approx(1.0)
+    plain, guided = run(model, blank(), steps=4, guidance=0.0), run(model, blank(), steps=4, guidance=50.0)
+    assert not torch.equal(plain, guided)
+    assert GUIDANCE_SCHEDULES["linear"](0.5) == 0.5
+    assert GUIDANCE_SCHEDULES["cosine"](1.0) == pytest.approx(1.0)
 
 
 def test_zero_noise_low_temperature_is_greedy(model):

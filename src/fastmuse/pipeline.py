@@ -65,7 +65,8 @@ class Pipeline:
         if tokenizer.codebook_size != cfg.codebook_size:
             raise ConfigError(f"tokenizer has {tokenizer.codebook_size} codes, the transformer predicts "
                               f"{cfg.codebook_size}")
-        self.transformer, self.tokenizer, self.text_encoder = transformer.eval(), tokenizer.eval(), text_encoder
+        self.transformer, self.tokenizer = transformer.eval(), tokenizer.eval()
+        self.text_encoder = text_encoder
         self.defaults = defaults or SamplerDefaults()
         self._uncond = None
 

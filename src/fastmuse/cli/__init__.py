@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import FastMuseError
-from . import data, generate, tokenizer
+from . import data, generate, tokenizer, transformer
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 3
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train a model from a config JSON; runs resume exactly.")
     train_sub = train.add_subparsers(dest="train_command", metavar="MODEL", required=True)
     tokenizer.register(sub, train_sub)
-    generate.register(sub, train_sub)
+    transformer.register(sub, train_sub)
+    generate.register(sub)
     return p
 
 

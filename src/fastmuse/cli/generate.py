@@ -1,4 +1,4 @@
-"""`fastmuse generate` and `fastmuse train transformer`."""
+"""`fastmuse generate`: text to image."""
 
 from __future__ import annotations
 
@@ -9,15 +9,6 @@ from pathlib import Path
 from .common import positive
 
 DEFAULT_MODEL = "muse-128"
-
-
-def cmd_train(a: argparse.Namespace) -> None:
-    from ..train.masked import TransformerTrainConfig, train_transformer
-
-    cfg = TransformerTrainConfig.load(a.config)
-    if a.steps is not None:
-        cfg = cfg.replace(steps=a.steps)
-    print(f"wrote {train_transformer(cfg, a.out, resume=a.resume)}")
 
 
 def _read_prompts(a: argparse.Namespace) -> list[str]:
@@ -70,18 +61,7 @@ def _save_png(image, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAction) -> None:
-    t = train_sub.add_parser("transformer", help="train a masked text-to-image transformer",
-                             description="Masked-token training from a TransformerTrainConfig JSON "
-                                         "(see configs/muse-128.json). Images and captions are "
-                                         "encoded once into cache_dir first.")
-    t.add_argument("--config", required=True, help="training config JSON")
-    t.add_argument("--out", required=True, help="run folder: metrics.jsonl, samples/, checkpoints/, "
-                                                "transformer/ (EMA weights)")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    t.add_argument("--steps", type=positive("--steps"), default=None, help="override the total steps")
-    t.set_defaults(func=cmd_train)
-
+def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("generate", help="text to image",
                        description="Generate images from prompts with a masked transformer "
                                    "(MaskGIT decoding, classifier-free guidance). Same seed, same "

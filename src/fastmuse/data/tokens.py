@@ -72,8 +72,8 @@ class TokenData:
 def _items(source: str, resolution: int, split: str, limit: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
     """(image [3,R,R], [caption, *alternatives]) of one source's split, center-cropped."""
     if source.startswith("shapes:"):
-        from .shapes import render_scene, scene_at
         from .shapes import is_val as shapes_is_val
+        from .shapes import render_scene, scene_at
 
         seed = int(source.split(":", 1)[1])
         from .images import to_tensor
@@ -102,6 +102,24 @@ def _items(source: str, resolution: int, split: str, limit: int) -> Iterator[tup
         yield item["image"], [item["caption"], *[a for a in alts if isinstance(a, str) and a]]
 
 
+@torch.no_grad()
+def _tokenize(items: Iterator[tuple[torch.Tensor, list[str]]], tokenizer, batch_size: int, desc: str,
+              total: int | None) -> tuple[torch.Tensor | None, list[list[str]]]:
+    """Encode images in batches: (tokens [N, h, w] int16 or None if no items, captions)."""
+    toks: list[torch.Tensor] = []
+    caps: list[list[str]] = []
+    images: list[torch.Tensor] = []
+    for image, captions in tqdm(items, desc=desc, total=total):
+        images.append(image)
+        caps.append(captions)
+        if len(images) == batch_size:
+            toks.append(tokenizer.encode(torch.stack(images)).to(torch.int16))
+            images = []
+    if images:
+        toks.append(tokenizer.encode(torch.stack(images)).to(torch.int16))
+    return (torch.cat(toks) if toks else None), caps
+
+
 def cache_key(info: dict) -> str:
     return hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -116,41 +134,28 @@ def build_token_data(sources: list[str], tokenizer, encoder, resolution: int, ca
     folder = Path(cache_dir) / cache_key(info)
     if (folder / INFO).is_file():
         return TokenData.load(folder)
+    grid = resolution // tokenizer.downsample
     splits: dict[str, tuple[list[torch.Tensor], list[list[str]]]] = {}
     counts: dict[str, list[int]] = {}
     for split in ("train", "val"):
         toks: list[torch.Tensor] = []
         caps: list[list[str]] = []
-        counts[split] = []
         for source in sources:
-            before = len(caps)
             limit = (shapes_train if split == "train" else shapes_val) if source.startswith("shapes:") \
-                else 1 << 62
-            images: list[torch.Tensor] = []
-
-            def flush() -> None:
-                if images:
-                    with torch.no_grad():
-                        toks.append(tokenizer.encode(torch.stack(images)).to(torch.int16))
-                    images.clear()
-
-            for image, captions in tqdm(_items(source, resolution, split, limit), desc=f"tokenize {source} "
-                                        f"{split}", total=limit if limit < 1 << 62 else None):
-                images.append(image)
-                caps.append(captions)
-                if len(images) == batch_size:
-                    flush()
-            flush()
-            counts[split].append(len(caps) - before)
-        if not toks and split == "train":
-            raise DataError(f"no {split} images in {sources}")
+                else None
+            t, c = _tokenize(_items(source, resolution, split, limit or 1 << 62), tokenizer, batch_size,
+                             f"tokenize {source} {split}", limit)
+            toks.append(t if t is not None else torch.zeros(0, grid, grid, dtype=torch.int16))
+            caps += c
+            counts.setdefault(split, []).append(len(c))
+        if split == "train" and not caps:
+            raise DataError(f"no train images in {sources}")
         splits[split] = (toks, caps)
     all_caps = [""] + [c for _, caps in splits.values() for cs in caps for c in cs]
     cache = EmbeddingCache.build(encoder, all_caps)
     with atomic_dir(folder) as tmp:
         for split, (toks, caps) in splits.items():
-            grid = resolution // tokenizer.downsample
-            tokens = torch.cat(toks) if toks else torch.zeros(0, grid, grid, dtype=torch.int16)
+            tokens = torch.cat(toks)
             offsets = torch.tensor([0] + [len(c) for c in caps]).cumsum(0)
             rows = cache.rows([c for cs in caps for c in cs])
             (tmp / f"{split}.safetensors").write_bytes(to_bytes(

@@ -20,8 +20,8 @@ from ..config import Config, check_range
 from ..data.folder import ImageFolder
 from ..errors import ConfigError, DataError
 from ..eval.image_metrics import psnr
-from ..train.log import JsonlLogger
 from ..train.distributed import make_accelerator
+from ..train.log import JsonlLogger
 from ..train.sampler import StepBatchSampler
 from ..train.schedule import lr_at
 from ..train.state import latest_checkpoint, load_training, prune_checkpoints, save_training

@@ -92,7 +92,8 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
-def random_mask(tokens: torch.Tensor, mask_id: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_mask(tokens: torch.Tensor, mask_id: int,
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask cos(pi/2 * r), r ~ U(0,1), of each grid's tokens (at least one).
     Returns (masked tokens, bool mask of the positions to predict)."""
     b = tokens.shape[0]
@@ -130,9 +131,11 @@ def masked_loss(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor
 
 @torch.no_grad()
 def evaluate_masked(model: MaskedTransformer, split: TokenSplit, captions: EmbeddingCache,
-                    groups: dict[str, range], batch_size: int = 64, seed: int = 1234) -> dict[str, float]:
+                    groups: dict[str, range], batch_size: int = 64, seed: int = 1234,
+                    caption_row: int | None = None) -> dict[str, float]:
     """Held-out masked-token loss/accuracy with fixed masks (same every call), per group and
-    overall; `acc50` masks exactly half of each grid."""
+    overall; `acc50` masks exactly half of each grid. `caption_row` replaces every caption
+    (e.g. the "" row: how much the text helps)."""
     out: dict[str, float] = {}
     totals: dict[str, list[float]] = {"loss": [], "acc": [], "acc50": []}
     for name, rng in groups.items():
@@ -141,7 +144,8 @@ def evaluate_masked(model: MaskedTransformer, split: TokenSplit, captions: Embed
         for start in range(rng.start, rng.stop, batch_size):
             idx = list(range(start, min(start + batch_size, rng.stop)))
             tokens = split.tokens[idx]
-            text = captions.lookup(torch.stack([split.caption_rows(i)[0] for i in idx]))
+            rows = torch.stack([split.caption_rows(i)[0] for i in idx])
+            text = captions.lookup(rows if caption_row is None else torch.full_like(rows, caption_row))
             ctx = model.prepare_text(text)
             inputs, mask = random_mask(tokens, model.mask_id, gen)
             loss, acc = masked_loss(model, tokens, mask, inputs, ctx)
@@ -173,15 +177,18 @@ def sample_grid(model: MaskedTransformer, tokenizer, encoder, prompts: tuple[str
     return make_grid([to_pil(im) for im in images], ncols=min(len(prompts), 8), captions=list(prompts))
 
 
-def _source_ranges(counts: list[int]) -> list[range]:
+def source_ranges(counts: list[int]) -> list[range]:
+    """Each source's rows in a split that concatenates the sources in order."""
     starts = [0]
     for c in counts:
         starts.append(starts[-1] + c)
     return [range(a, b) for a, b in zip(starts, starts[1:], strict=False)]
 
 
-def _group_name(source: str) -> str:
-    return source.rstrip("/").split("/")[-1].replace(":", "")
+def val_groups(data: TokenData) -> dict[str, range]:
+    """Val rows per source, named by the source ("emoji", "shapes0")."""
+    names = [s.rstrip("/").split("/")[-1].replace(":", "") for s in data.info["sources"]]
+    return {n: r for n, r in zip(names, source_ranges(data.info["counts"]["val"]), strict=True) if len(r)}
 
 
 def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool = False,
@@ -212,9 +219,8 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
     with acc.main_process_first():  # one process builds the cache, the others load it
         data = build_token_data(list(cfg.data), tokenizer, encoder, resolution, cfg.cache_dir,
                                 cfg.shapes_train, cfg.shapes_val, tokenizer_id=cfg.tokenizer)
-    train_ranges = _source_ranges(data.info["counts"]["train"])
-    val_groups = {_group_name(s): r for s, r in zip(cfg.data, _source_ranges(data.info["counts"]["val"]),
-                                                    strict=True) if len(r)}
+    train_ranges = source_ranges(data.info["counts"]["train"])
+    groups = val_groups(data)
     order = torch.cat([torch.arange(r.start, r.stop).repeat(k) for r, k in zip(train_ranges, cfg.repeats,
                                                                                 strict=True)])
     empty_row = int(data.captions.rows([""])[0])
@@ -276,7 +282,7 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
                 logger.log(logs)
             bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['acc']:.3f}")
         if acc.is_main_process and (done % cfg.eval_every == 0 or done == end):
-            logger.log({"step": done, **evaluate_masked(ema, data.val, data.captions, val_groups)})
+            logger.log({"step": done, **evaluate_masked(ema, data.val, data.captions, groups)})
             sample_grid(ema, tokenizer, encoder, cfg.sample_prompts, cfg.sample_steps,
                         cfg.sample_guidance).save(out / "samples" / f"step-{done:06d}.png")
         if done % cfg.save_every == 0 or done == end:

@@ -1,0 +1,68 @@
+"""`fastmuse train transformer`, `fastmuse transformer eval|export`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import positive
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from ..train.masked import TransformerTrainConfig, train_transformer
+
+    cfg = TransformerTrainConfig.load(a.config)
+    if a.steps is not None:
+        cfg = cfg.replace(steps=a.steps)
+    print(f"wrote {train_transformer(cfg, a.out, resume=a.resume)}")
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    from ..fsutil import atomic_write_text
+    from ..train.export import heldout_accuracy
+
+    metrics = heldout_accuracy(a.model, a.config)
+    print(json.dumps(metrics, indent=2))
+    if a.output:
+        atomic_write_text(a.output, json.dumps(metrics, indent=2) + "\n")
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from ..train.export import export_run
+
+    out = export_run(a.run, a.out, name=a.name or Path(a.out).name, notes=a.notes)
+    print(f"wrote {out}")
+
+
+def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAction) -> None:
+    t = train_sub.add_parser("transformer", help="train a masked text-to-image transformer",
+                             description="Masked-token training from a TransformerTrainConfig JSON "
+                                         "(see configs/muse-128.json). Images and captions are "
+                                         "encoded once into the config's cache_dir first.")
+    t.add_argument("--config", required=True, help="training config JSON")
+    t.add_argument("--out", required=True, help="run folder: metrics.jsonl, samples/, checkpoints/, "
+                                                "transformer/ (EMA weights)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    t.add_argument("--steps", type=positive("--steps"), default=None, help="override the total steps")
+    t.set_defaults(func=cmd_train)
+
+    tr = sub.add_parser("transformer", help="evaluate or package a trained transformer")
+    tsub = tr.add_subparsers(dest="transformer_command", metavar="ACTION", required=True)
+    e = tsub.add_parser("eval", help="held-out masked-token loss and accuracy",
+                        description="Masked-token cross-entropy and accuracy on the val split of a "
+                                    "training config's data (fixed masks: cosine-schedule ratios and "
+                                    "exactly 50%%), per source and overall, with the model's weights.")
+    e.add_argument("--model", required=True, help="transformer folder or bundled name")
+    e.add_argument("--config", required=True, help="the training config whose data to use")
+    e.add_argument("-o", "--output", default=None, help="also write the JSON here")
+    e.set_defaults(func=cmd_eval)
+    x = tsub.add_parser("export", help="package a finished run as a model folder with a model card",
+                        description="Copy a run's EMA transformer into a model folder with "
+                                    "sampler defaults, held-out accuracy, loss curves, a sample grid "
+                                    "and a model card (README.md).")
+    x.add_argument("--run", required=True, help="finished training run folder")
+    x.add_argument("--out", required=True, help="model folder to write (e.g. src/fastmuse/assets/NAME)")
+    x.add_argument("--name", default=None, help="model name in the card (default: the folder name)")
+    x.add_argument("--notes", default="", help="extra markdown for the card (e.g. wall time)")
+    x.set_defaults(func=cmd_export)
