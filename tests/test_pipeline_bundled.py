@@ -1,0 +1,37 @@
+"""The bundled text-to-image model loads by name, offline, and draws what it is asked for."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from fastmuse.data.shapes import nearest_colour
+from fastmuse.hub import bundled_models, load_checkpoint
+from fastmuse.pipeline import Pipeline
+
+NAME = "muse-128"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return Pipeline.from_pretrained(NAME)
+
+
+def test_bundled_and_verified():
+    assert NAME in bundled_models()
+    ckpt = load_checkpoint(NAME)  # sha256 of every file against the manifest
+    assert {"README.md", "sampler.json", "grid.png", "eval.json"} <= set(ckpt.files)
+
+
+def dominant_colour(image) -> str:
+    pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).tolist()
+    counts = Counter(nearest_colour(tuple(px)) for px in pixels)
+    counts.pop("white", None)
+    return counts.most_common(1)[0][0]
+
+
+@pytest.mark.parametrize("colour", ["red", "blue", "yellow", "green"])
+def test_colour_follows_the_prompt(pipe, colour):
+    images = pipe(f"a {colour} circle", n=2, seed=0)
+    assert all(im.size == (128, 128) for im in images)
+    assert [dominant_colour(im) for im in images] == [colour, colour]
