@@ -29,9 +29,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
 
 def cmd_export(a: argparse.Namespace) -> None:
-    from ..train.export import export_run
-
     from ..pipeline import SamplerDefaults
+    from ..train.export import export_run
 
     out = export_run(a.run, a.out, name=a.name or Path(a.out).name, notes=a.notes,
                      defaults=SamplerDefaults(steps=a.steps, guidance=a.guidance))
