@@ -12,11 +12,10 @@ from ..models.transformer import MaskedTransformer
 from ..pipeline import Pipeline, SamplerDefaults
 from ..text.encoders import load_text_encoder
 from ..tokenizer import VQTokenizer
-from .masked import TransformerTrainConfig, evaluate_masked, val_groups
+from .masked import SAMPLE_PROMPTS, TransformerTrainConfig, evaluate_masked, val_groups
 from .plot import plot_curves
 
-CARD_PROMPTS = ("red heart", "smiling face with sunglasses", "pizza", "a blue circle", "two yellow stars",
-                "a red square left of a green triangle", "rocket", "cat face")
+CARD_PROMPTS = SAMPLE_PROMPTS  # the prompts the run's sample grids showed
 
 
 def heldout_accuracy(model: str | Path, config: str | Path) -> dict:
