@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..fsutil import atomic_write_text
-from .common import positive
+from .common import add_train_parser, load_train_config, positive
 
 DEFAULT_TOKENIZER = "tokenizer-f8"
 
@@ -15,11 +15,7 @@ DEFAULT_TOKENIZER = "tokenizer-f8"
 def cmd_train(a: argparse.Namespace) -> None:
     from ..tokenizer.train import TokenizerTrainConfig, train_tokenizer
 
-    cfg = TokenizerTrainConfig.load(a.config)
-    if a.steps is not None:
-        cfg = cfg.replace(steps=a.steps)
-    out = train_tokenizer(cfg, a.out, resume=a.resume)
-    print(f"wrote {out}")
+    print(f"wrote {train_tokenizer(load_train_config(TokenizerTrainConfig, a), a.out, resume=a.resume)}")
 
 
 def cmd_recon(a: argparse.Namespace) -> None:
@@ -51,16 +47,9 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAction) -> None:
-    t = train_sub.add_parser("tokenizer", help="train a VQ image tokenizer",
-                             description="Train a VQ tokenizer from a TokenizerTrainConfig JSON "
-                                         "(see configs/tokenizer-f8.json).")
-    t.add_argument("--config", required=True, help="training config JSON")
-    t.add_argument("--out", required=True, help="run folder: metrics.jsonl, samples/, "
-                                                "checkpoints/, tokenizer/")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    t.add_argument("--steps", type=positive("--steps"), default=None,
-                   help="override the config's total steps")
-    t.set_defaults(func=cmd_train)
+    add_train_parser(train_sub, "tokenizer", "train a VQ image tokenizer",
+                     "Train a VQ tokenizer from a TokenizerTrainConfig JSON (see configs/tokenizer-f8.json).",
+                     "run folder: metrics.jsonl, samples/, checkpoints/, tokenizer/", cmd_train)
 
     tok = sub.add_parser("tokenizer", help="use a VQ image tokenizer")
     tsub = tok.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)

@@ -6,16 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import positive
+from .common import add_train_parser, load_train_config, positive
 
 
 def cmd_train(a: argparse.Namespace) -> None:
     from ..train.masked import TransformerTrainConfig, train_transformer
 
-    cfg = TransformerTrainConfig.load(a.config)
-    if a.steps is not None:
-        cfg = cfg.replace(steps=a.steps)
-    print(f"wrote {train_transformer(cfg, a.out, resume=a.resume)}")
+    print(f"wrote {train_transformer(load_train_config(TransformerTrainConfig, a), a.out, resume=a.resume)}")
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
@@ -38,16 +35,11 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAction) -> None:
-    t = train_sub.add_parser("transformer", help="train a masked text-to-image transformer",
-                             description="Masked-token training from a TransformerTrainConfig JSON "
-                                         "(see configs/muse-128.json). Images and captions are "
-                                         "encoded once into the config's cache_dir first.")
-    t.add_argument("--config", required=True, help="training config JSON")
-    t.add_argument("--out", required=True, help="run folder: metrics.jsonl, samples/, checkpoints/, "
-                                                "transformer/ (EMA weights)")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    t.add_argument("--steps", type=positive("--steps"), default=None, help="override the total steps")
-    t.set_defaults(func=cmd_train)
+    add_train_parser(train_sub, "transformer", "train a masked text-to-image transformer",
+                     "Masked-token training from a TransformerTrainConfig JSON (see configs/muse-128.json). "
+                     "Images and captions are encoded once into the config's cache_dir first.",
+                     "run folder: metrics.jsonl, samples/, checkpoints/, transformer/ (EMA weights)",
+                     cmd_train)
 
     tr = sub.add_parser("transformer", help="evaluate or package a trained transformer")
     tsub = tr.add_subparsers(dest="transformer_command", metavar="ACTION", required=True)

@@ -18,13 +18,13 @@ from tqdm import tqdm
 
 from ..config import Config, check_range
 from ..data.folder import ImageFolder
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..eval.image_metrics import psnr
 from ..train.distributed import make_accelerator
 from ..train.log import JsonlLogger
 from ..train.sampler import StepBatchSampler
 from ..train.schedule import lr_at
-from ..train.state import latest_checkpoint, load_training, prune_checkpoints, save_training
+from ..train.state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
 from .evaluate import evaluate_recon, load_val_images, recon_grid
 from .losses import PatchDiscriminator, discriminator_hinge, generator_hinge, reconstruction_loss
 from .model import VQConfig, VQTokenizer
@@ -98,6 +98,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out: str | Path, resume: bool = F
     `resume` continues from the newest checkpoint; `stop_at` ends early (tests, time boxes)."""
     out = Path(out)
     acc = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
+    ckpt = checkpoint_to_resume(out, resume, acc)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # crops and code restarts
 
@@ -112,15 +113,10 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out: str | Path, resume: bool = F
         modules["disc"], optimizers["disc"] = disc, dopt
 
     start = 0
-    if resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise DataError(f"--resume: no checkpoint in {out / 'checkpoints'}")
+    if ckpt is not None:
         start = load_training(ckpt, modules, optimizers, {"data": gen},
                               {"code_usage": model.quantize.usage})["step"]
         acc.print(f"resuming from {ckpt} (step {start})")
-    elif (out / "checkpoints").exists():
-        raise DataError(f"{out} already holds a run; pass --resume or choose another --out")
     (out / "samples").mkdir(parents=True, exist_ok=True)
     if acc.is_main_process:
         cfg.save(out / "config.json")

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..config import Config, check_range
 from ..data.images import make_grid, to_pil
 from ..data.tokens import TokenData, TokenSplit, build_token_data
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..models.transformer import MaskedTransformer, MaskedTransformerConfig
 from ..sampling.maskgit import maskgit_sample
 from ..text.cache import EmbeddingCache
@@ -32,7 +32,7 @@ from .distributed import make_accelerator
 from .log import JsonlLogger
 from .sampler import StepBatchSampler
 from .schedule import lr_at
-from .state import latest_checkpoint, load_training, prune_checkpoints, save_training
+from .state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
 
 SAMPLE_PROMPTS = ("red heart", "smiling face with sunglasses", "pizza", "a blue circle",
                   "two yellow stars", "a red square left of a green triangle", "rocket", "cat face")
@@ -200,12 +200,7 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
 
     out = Path(out)
     acc = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
-    ckpt = latest_checkpoint(out)
-    if resume and ckpt is None:
-        raise DataError(f"--resume: no checkpoint in {out / 'checkpoints'}")
-    if not resume and (out / "checkpoints").exists():
-        raise DataError(f"{out} already holds a run; pass --resume or choose another --out")
-    acc.wait_for_everyone()  # every rank has looked before the main one writes anything
+    ckpt = checkpoint_to_resume(out, resume, acc)
     tokenizer = VQTokenizer.from_pretrained(cfg.tokenizer)
     encoder = load_text_encoder(cfg.text_encoder)
     resolution = cfg.model.resolution

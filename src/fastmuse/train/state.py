@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..config import Config
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DataError
 from ..hub import load_checkpoint, save_checkpoint
 
 TRAINER_STATE = "trainer_state.json"
@@ -105,6 +105,19 @@ def load_training(folder: str | Path, modules: Mapping[str, torch.nn.Module],
     for name, tensor in (buffers or {}).items():
         tensor.copy_(saved[name])
     return state
+
+
+def checkpoint_to_resume(run_dir: str | Path, resume: bool, acc) -> Path | None:
+    """The checkpoint a run continues from (None for a fresh run), checked by every rank
+    before any of them writes: `--resume` needs one, a fresh run refuses a used folder."""
+    run_dir = Path(run_dir)
+    ckpt = latest_checkpoint(run_dir)
+    if resume and ckpt is None:
+        raise DataError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+    if not resume and (run_dir / "checkpoints").exists():
+        raise DataError(f"{run_dir} already holds a run; pass --resume or choose another --out")
+    acc.wait_for_everyone()
+    return ckpt
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
