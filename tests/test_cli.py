@@ -33,7 +33,7 @@ def test_usage_error_is_one_line(capsys):
         main(["data", "shapes", "--out", "x", "--n", "0"])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--n must be >= 1" in err
+    assert err.count("\n") == 1 and "--n must be an integer >= 1" in err
 
 
 def test_debug_shows_traceback(tmp_path):

@@ -6,27 +6,14 @@ from PIL import Image
 
 from fastmuse.cli import main
 from fastmuse.errors import CheckpointError, ConfigError
-from fastmuse.models import MaskedTransformer, MaskedTransformerConfig
 from fastmuse.models.transformer import Block
-from fastmuse.pipeline import Pipeline, SamplerDefaults
-from fastmuse.text import load_text_encoder
-from fastmuse.tokenizer import VQTokenizer
-from helpers import tiny_text_encoder, tiny_tokenizer
+from fastmuse.pipeline import Pipeline
+from helpers import tiny_pipeline
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipe")
-    tok, te = tiny_tokenizer(root / "tok"), tiny_text_encoder(root / "te")
-    torch.manual_seed(0)
-    cfg = MaskedTransformerConfig(codebook_size=16, grid=16, dim=32, depth=2, heads=2, text_dim=32,
-                                  pooled_dim=32, resolution=32, tokenizer=str(tok), text_encoder=str(te))
-    model = MaskedTransformer(cfg)
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    pipe = Pipeline(model, VQTokenizer.from_pretrained(tok), load_text_encoder(str(te)),
-                    SamplerDefaults(steps=3, guidance=2.0))
-    return pipe.save_pretrained(root / "model", card="# tiny test model\n")
+    return tiny_pipeline(tmp_path_factory.mktemp("pipe"))
 
 
 @pytest.fixture(scope="module")

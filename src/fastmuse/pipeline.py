@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .editing import EditingMixin
 from .errors import ConfigError
 from .hub import resolve
-from .models.transformer import MaskedTransformer
+from .models.transformer import MaskedTransformer, TextContext
 from .sampling.maskgit import check_sampler_args, maskgit_sample
-from .text.encoders import TextEncoder, load_text_encoder
+from .sampling.windows import fill_windows
+from .text.encoders import TextEncoder, check_prompts, load_text_encoder
 from .tokenizer import VQTokenizer
 
 SAMPLER_FILE = "sampler.json"
@@ -48,17 +50,27 @@ class SamplerDefaults:
         return json.dumps(asdict(self), indent=2) + "\n"
 
 
-def check_prompts(prompts: str | list[str]) -> list[str]:
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not prompts:
-        raise ConfigError("prompt: none given; accepted: one or more non-empty strings")
-    for p in prompts:
-        if not isinstance(p, str) or not p.strip():
-            raise ConfigError(f"prompt {p!r} is empty; accepted: a non-empty string")
-    return prompts
+@dataclass
+class SamplingRun:
+    """One call's model, text contexts, options and random stream (see Pipeline.sampling)."""
+    model: MaskedTransformer
+    cond: TextContext
+    uncond: TextContext | None
+    steps: int
+    guidance: float
+    options: dict
+    generator: torch.Generator
+
+    def fill(self, init: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """Tokens [B, h, w] with MASK where unknown -> completed, window by window."""
+        def sample(window: torch.Tensor) -> torch.Tensor:
+            return maskgit_sample(self.model, window, self.cond, self.uncond, steps=steps or self.steps,
+                                  guidance=self.guidance, generator=self.generator, **self.options)
+
+        return fill_windows(sample, init, self.model.mask_id, self.model.config.grid)
 
 
-class Pipeline:
+class Pipeline(EditingMixin):
     def __init__(self, transformer: MaskedTransformer, tokenizer: VQTokenizer, text_encoder: TextEncoder,
                  defaults: SamplerDefaults | None = None) -> None:
         cfg = transformer.config
@@ -90,13 +102,10 @@ class Pipeline:
             self._uncond = self.transformer.prepare_text(self.text_encoder.encode([""]))
         return self._uncond
 
-    @torch.no_grad()
-    def generate_tokens(self, prompts: str | list[str], n: int = 1, steps: int | None = None,
-                        guidance: float | None = None, seed: int = 0, init: torch.Tensor | None = None,
-                        **sampler) -> torch.Tensor:
-        """Token grids [len(prompts) * n, g, g], prompt-major. `init` (optional): a starting
-        grid with MASK where to generate (editing); by default everything is generated."""
-        prompts = check_prompts(prompts)
+    def sampling(self, prompts: list[str], n: int = 1, steps: int | None = None,
+                 guidance: float | None = None, seed: int = 0, **sampler) -> SamplingRun:
+        """Checked options + text contexts for len(prompts) * n images (prompt-major), encoded
+        once; editing samples several times (windows, iterations) from one run."""
         if not isinstance(n, int) or not 1 <= n * len(prompts) <= MAX_IMAGES:
             raise ConfigError(f"n is {n!r}; accepted: an integer with 1 <= n * number of prompts "
                               f"<= {MAX_IMAGES}")
@@ -109,11 +118,31 @@ class Pipeline:
                            opts["temperature"], opts["noise"])
         m = self.transformer
         cond = m.prepare_text(self.text_encoder.encode(prompts)).repeat(n)
-        b, g = len(prompts) * n, m.config.grid
-        uncond = self.uncond().repeat(b) if guidance > 0 else None
-        tokens = torch.full((b, g, g), m.mask_id) if init is None else init
-        return maskgit_sample(m, tokens, cond, uncond, steps=steps, guidance=guidance,
-                              generator=torch.Generator().manual_seed(seed), **opts)
+        uncond = self.uncond().repeat(len(prompts) * n) if guidance > 0 else None
+        return SamplingRun(m, cond, uncond, steps, guidance, opts, torch.Generator().manual_seed(seed))
+
+    @torch.no_grad()
+    def generate_tokens(self, prompts: str | list[str], n: int = 1, steps: int | None = None,
+                        guidance: float | None = None, seed: int = 0, init: torch.Tensor | None = None,
+                        **sampler) -> torch.Tensor:
+        """Token grids [len(prompts) * n, h, w], prompt-major. `init` (optional, editing): a
+        starting canvas [h, w] or [len(prompts) * n, h, w] with MASK where to generate; other
+        tokens are kept. Canvases larger than the model grid are sampled in windows."""
+        run = self.sampling(check_prompts(prompts), n, steps, guidance, seed, **sampler)
+        b, g = run.cond.c.shape[0], self.transformer.config.grid
+        return run.fill(torch.full((b, g, g), self.transformer.mask_id) if init is None else
+                        self._check_init(init, b))
+
+    def _check_init(self, init: torch.Tensor, b: int) -> torch.Tensor:
+        k = self.transformer.config.codebook_size
+        if not isinstance(init, torch.Tensor) or init.ndim not in (2, 3) or init.is_floating_point():
+            raise ConfigError("init must be an integer token tensor [h, w] or [B, h, w]")
+        init = init.long().expand(b, *init.shape[-2:]) if init.ndim == 2 else init.long()
+        if init.shape[0] != b:
+            raise ConfigError(f"init has {init.shape[0]} rows; accepted: 1 or {b} (prompts x n)")
+        if init.min() < 0 or init.max() > k:
+            raise ConfigError(f"init holds ids outside 0..{k} (codes 0..{k - 1}, MASK = {k})")
+        return init
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> list[Image.Image]:

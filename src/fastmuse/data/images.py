@@ -30,13 +30,15 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     return image.convert("RGB")
 
 
-def load_rgb(source: str | os.PathLike | bytes) -> Image.Image:
-    """Open an image file (or encoded bytes) as RGB; a clear DataError if it cannot be read."""
+def load_rgb(source: str | os.PathLike | bytes, background: tuple[int, int, int] = (255, 255, 255)
+             ) -> Image.Image:
+    """Open an image file (or encoded bytes) as RGB, transparency composited on `background`;
+    a clear DataError if it cannot be read."""
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             im.load()
-            return to_rgb(im)
+            return to_rgb(im, background)
     except FileNotFoundError:
         raise DataError(f"image not found: {name}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:

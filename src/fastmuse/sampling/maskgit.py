@@ -58,6 +58,26 @@ def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.
     return -torch.log((-torch.log(u.clamp(1e-20, 1.0))).clamp(min=1e-20))
 
 
+def guidance_context(cond: TextContext, uncond: TextContext | None, guidance: float) -> TextContext:
+    """The context guided_logits takes: cond, with uncond stacked after it when guidance > 0."""
+    if guidance > 0 and uncond is None:
+        raise ConfigError("guidance > 0 needs an unconditional text context")
+    return TextContext.cat([cond, uncond]) if guidance > 0 else cond
+
+
+def guided_logits(model: MaskedTransformer, tokens: torch.Tensor, ctx: TextContext,
+                  guidance: float | None) -> torch.Tensor:
+    """Logits [B, H*W, K] (fp32) of tokens [B, H, W]: l_c + g (l_c - l_u) with cond and uncond
+    in one batched forward (ctx from guidance_context), or plain l_c when guidance is None."""
+    b = tokens.shape[0]
+    logits = model(torch.cat([tokens, tokens]) if guidance is not None else tokens, ctx)
+    logits = logits.float().view(len(ctx.c), tokens[0].numel(), -1)
+    if guidance is None:
+        return logits
+    lc, lu = logits[:b], logits[b:]
+    return lc + guidance * (lc - lu)
+
+
 @torch.no_grad()
 def maskgit_sample(
     model: MaskedTransformer,
@@ -85,9 +105,7 @@ def maskgit_sample(
     if cond.c.shape[0] != b or (uncond is not None and uncond.c.shape[0] != b):
         raise ConfigError(f"text contexts must have one row per image ({b})")
     guided = guidance > 0
-    if guided and uncond is None:
-        raise ConfigError("guidance > 0 needs an unconditional text context")
-    ctx = TextContext.cat([cond, uncond]) if guided else cond
+    ctx = guidance_context(cond, uncond, guidance)
     mask_id = model.mask_id
     x = tokens.clone()
     shape = x.shape
@@ -98,12 +116,8 @@ def maskgit_sample(
         unknown = x == mask_id
         if not unknown.any():
             break
-        inp = x.view(shape)
-        logits = model(torch.cat([inp, inp]) if guided else inp, ctx).float().view(len(ctx.c), x.shape[1], -1)
-        if guided:
-            lc, lu = logits.chunk(2)
-            logits = lc + guidance * GUIDANCE_SCHEDULES[guidance_schedule]((i + 1) / steps) * (lc - lu)
-        logits = logits / temperature
+        scale = guidance * GUIDANCE_SCHEDULES[guidance_schedule]((i + 1) / steps)
+        logits = guided_logits(model, x.view(shape), ctx, scale if guided else None) / temperature
         sampled = (logits + _gumbel(logits.shape, generator, logits.device)).argmax(-1)
         logp = torch.log_softmax(logits, -1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
         sampled = torch.where(unknown, sampled, x)
@@ -124,3 +138,20 @@ def maskgit_sample(
         if callback is not None:
             callback(i, x.view(shape))
     return x.view(shape)
+
+
+@torch.no_grad()
+def token_logprob(model: MaskedTransformer, tokens: torch.Tensor, ctx: TextContext, guidance: float | None,
+                  generator: torch.Generator | None = None, passes: int = 4) -> torch.Tensor:
+    """How likely each token of a full grid [B, H, W] is given the rest and the text: the
+    positions are split at random into `passes` groups, each group is masked in turn and
+    scored with log p(token) under the (guided) logits. Mask-free editing re-masks the
+    lowest-scoring tokens: the ones the new prompt disagrees with."""
+    group = torch.randint(passes, tokens.shape, generator=generator)
+    score = torch.zeros(tokens.shape)
+    for p in range(passes):
+        hide = group == p
+        logits = guided_logits(model, torch.where(hide, model.mask_id, tokens), ctx, guidance)
+        logp = torch.log_softmax(logits, -1).gather(-1, tokens.reshape(tokens.shape[0], -1, 1))
+        score = torch.where(hide, logp.view(tokens.shape), score)
+    return score

@@ -23,10 +23,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 DEFAULT_TEXT_ENCODER = "minilm"
 MINILM_MAX_LENGTH = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
+
+
+def check_prompts(prompts: str | list[str]) -> list[str]:
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ConfigError("prompt: none given; accepted: one or more non-empty strings")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise ConfigError(f"prompt {p!r} is empty; accepted: a non-empty string")
+    return prompts
 
 
 @dataclass
