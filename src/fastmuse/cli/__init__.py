@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import FastMuseError
-from . import data, edit, generate, tokenizer, transformer
+from . import data, edit, evaluate, generate, tokenizer, transformer
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 3
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     transformer.register(sub, train_sub)
     generate.register(sub)
     edit.register(sub)
+    evaluate.register(sub)
     return p
 
 

@@ -263,20 +263,33 @@ _OUTLINES: dict[str, list[tuple[float, float]]] = {
 }
 
 
+def _draw(draw: ImageDraw.ImageDraw, shape: str, box: Box, fill: RGB | int) -> None:
+    """One shape filling box (x0, y0, x1, y1), x1/y1 exclusive."""
+    x0, y0, x1, y1 = box
+    last_x, last_y = x1 - 1, y1 - 1  # Pillow's shapes include their end pixel
+    if shape == "circle":
+        draw.ellipse((x0, y0, last_x, last_y), fill=fill)
+    else:
+        draw.polygon([(x0 + u * (last_x - x0), y0 + v * (last_y - y0)) for u, v in _OUTLINES[shape]],
+                     fill=fill)
+
+
 def render_scene(scene: Scene, resolution: int) -> Image.Image:
     """Flat palette shapes on white, each filling its box; the same scene gives the same bytes."""
     s = SUPERSAMPLE
     big = Image.new("RGB", (resolution * s, resolution * s), BACKGROUND)
     draw = ImageDraw.Draw(big)
     for o in scene.objects:
-        x0, y0, x1, y1 = (v * s for v in o.box)
-        last_x, last_y = x1 - 1, y1 - 1  # Pillow's shapes include their end pixel
-        fill = PALETTE[o.color]
-        if o.shape == "circle":
-            draw.ellipse((x0, y0, last_x, last_y), fill=fill)
-        else:
-            draw.polygon([(x0 + u * (last_x - x0), y0 + v * (last_y - y0))
-                          for u, v in _OUTLINES[o.shape]], fill=fill)
+        _draw(draw, o.shape, tuple(v * s for v in o.box), PALETTE[o.color])
+    return big.reduce(s)
+
+
+def shape_mask(shape: str, width: int, height: int) -> Image.Image:
+    """A shape filling a width x height box as an antialiased "L" mask (255 = inside): the
+    templates an evaluator compares detected objects with."""
+    s = SUPERSAMPLE
+    big = Image.new("L", (width * s, height * s), 0)
+    _draw(ImageDraw.Draw(big), shape, (0, 0, width * s, height * s), 255)
     return big.reduce(s)
 
 

@@ -1,0 +1,77 @@
+"""`fastmuse eval`: the evaluation suites and the results table; `fastmuse eval checker`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import DEFAULT_MODEL, positive
+
+
+def _steps_list(text: str) -> list[int | None]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = [0]
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"--steps must be comma-separated integers >= 1, got {text!r}")
+    return values
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    from ..eval.suite import EvalSettings, evaluate, table
+    from ..fsutil import atomic_write_bytes
+
+    results = []
+    for model in a.model:
+        for steps in a.steps or [None]:
+            s = EvalSettings(seeds=a.seeds, steps=steps, guidance=a.guidance)
+            label = f"{Path(model).name}-{steps or 'default'}steps"
+            results.append(evaluate(model, a.suite, Path(a.out) / label, s))
+    md = table(results)
+    atomic_write_bytes(Path(a.out) / "results.md", md.encode())
+    if a.table:
+        atomic_write_bytes(Path(a.table), md.encode())
+    print(md, end="")
+    print(f"wrote {a.out}/results.md and {len(results)} results.json" + (f", {a.table}" if a.table else ""))
+
+
+def cmd_checker(a: argparse.Namespace) -> None:
+    from ..eval.shapes_suite import suite_items, validate_checker
+    from ..fsutil import atomic_write_bytes
+
+    items = suite_items(per_category=a.per_category)
+    result = validate_checker(items)
+    columns = list(next(iter(result.values())))
+    lines = ["| ground truth | " + " | ".join(columns) + " |", "|" + "---|" * (1 + len(columns))]
+    lines += [f"| {name} | " + " | ".join(f"{acc[c]:.3f}" for c in columns) + " |"
+              for name, acc in result.items()]
+    print("\n".join(lines))
+    if a.output:
+        atomic_write_bytes(Path(a.output), (json.dumps(result, indent=2) + "\n").encode())
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluation suites and the results table",
+                       description="Evaluate models: shapes compositional accuracy (checked from "
+                                   "pixels), emoji FID/KID and retrieval R@1 (TF Inception pool3), "
+                                   "speed. One row per (model, steps) in OUT/results.md.")
+    p.add_argument("--model", nargs="+", default=[DEFAULT_MODEL], help="bundled names or folders")
+    p.add_argument("--suite", nargs="+", default=["shapes", "emoji", "speed"],
+                   help="shapes, emoji and/or speed (default: all)")
+    p.add_argument("--steps", type=_steps_list, default=None, help="e.g. 12,6: one row each (default: "
+                                                                    "the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="default: the model's")
+    p.add_argument("--seeds", type=positive("--seeds"), default=4, help="images per prompt (default 4)")
+    p.add_argument("--out", default="outputs/eval", help="results folder (default outputs/eval)")
+    p.add_argument("--table", default=None, help="also write the markdown table here")
+    p.set_defaults(func=cmd_eval)
+    eval_sub = p.add_subparsers(dest="eval_command", metavar="TOOL")
+    c = eval_sub.add_parser("checker", help="validate the shapes checker on ground-truth renders",
+                            description="Checker accuracy on ground-truth renders of the suite's "
+                                        "scenes, clean and under blur, noise, JPEG and downscaling.")
+    c.add_argument("--per-category", type=positive("--per-category"), default=100,
+                   help="scenes per category (default 100; the suite itself uses 12)")
+    c.add_argument("-o", "--output", default=None, help="write the accuracies as JSON")
+    c.set_defaults(func=cmd_checker)

@@ -1,0 +1,132 @@
+"""`fastmuse eval`: run the suites on a model and write results.json, results.md and grids.
+
+Suites:
+  shapes  compositional accuracy by category (shapes_suite, checked from pixels)
+  emoji   FID and KID of images generated from the held-out emoji captions against renders
+          of those emoji, and retrieval R@1: is a generated image's nearest real image (cosine,
+          same features) the emoji it was asked for
+  speed   seconds per image at several batch sizes, network evaluations, peak RSS
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data import emoji
+from ..data.images import make_grid
+from ..errors import ConfigError
+from ..fsutil import atomic_write_bytes
+from ..pipeline import MAX_IMAGES, Pipeline
+from .shapes_check import check, detect
+from .shapes_suite import CATEGORIES, SUITE_VERSION, suite_items, summarise
+
+SUITES = ("shapes", "emoji", "speed")
+
+
+@dataclass
+class EvalSettings:
+    seeds: int = 4             # images per prompt
+    steps: int | None = None   # None: the model's default
+    guidance: float | None = None
+    batch_sizes: tuple[int, ...] = (1, 4, 16)
+
+
+def _generate(pipe: Pipeline, prompts: list[str], s: EvalSettings, desc: str) -> list:
+    per_call = max(1, MAX_IMAGES // 2 // s.seeds)
+    images = []
+    for i in tqdm(range(0, len(prompts), per_call), desc=desc, unit="batch", leave=False):
+        images += pipe(prompts[i:i + per_call], n=s.seeds, steps=s.steps, guidance=s.guidance, seed=i)
+    return images
+
+
+def eval_shapes(pipe: Pipeline, s: EvalSettings) -> tuple[dict, object]:
+    items = suite_items()
+    images = _generate(pipe, [it.prompt for it in items], s, "shapes")
+    per: dict[str, list[bool]] = {}
+    for k, im in enumerate(images):
+        item = items[k // s.seeds]
+        per.setdefault(item.spec.category, []).append(check(detect(im), item.spec))
+    show = [images[k * s.seeds] for k in range(0, len(items), 6)]
+    grid = make_grid(show, ncols=6, captions=[items[k].prompt for k in range(0, len(items), 6)])
+    return {"suite": SUITE_VERSION, "images": len(images), "accuracy": summarise(per)}, grid
+
+
+def eval_emoji(pipe: Pipeline, s: EvalSettings) -> tuple[dict, object]:
+    from .distribution import InceptionFeatures, fd, kid
+
+    val = [e for e in emoji.catalogue() if e.split == "val"]
+    real = [emoji.render(e, pipe.resolution) for e in val]
+    images = _generate(pipe, [e.caption for e in val], s, "emoji")
+    features = InceptionFeatures()
+    fr, fg = features(real), features(images)
+    unit = lambda f: f / np.linalg.norm(f, axis=1, keepdims=True)  # noqa: E731
+    nearest = (unit(fg) @ unit(fr).T).argmax(1)
+    r1 = float((nearest == np.arange(len(images)) // s.seeds).mean())
+    grid = make_grid(images[::s.seeds][:24], ncols=8, captions=[e.caption for e in val[:24]])
+    return {"features": features.name, "real": len(real), "generated": len(images),
+            "fid": fd(fg, fr), "kid": kid(fg, fr), "retrieval_r1": r1,
+            "retrieval_chance": 1 / len(real)}, grid
+
+
+def eval_speed(pipe: Pipeline, s: EvalSettings) -> dict:
+    steps = s.steps or pipe.defaults.steps
+    guidance = pipe.defaults.guidance if s.guidance is None else s.guidance
+    rows = {}
+    for b in s.batch_sizes:
+        pipe("a red circle", n=b, steps=steps, guidance=guidance)  # warm-up
+        t0 = time.perf_counter()
+        pipe("a red circle", n=b, steps=steps, guidance=guidance, seed=1)
+        took = time.perf_counter() - t0
+        rows[str(b)] = {"seconds_per_image": took / b, "images_per_second": b / took}
+    return {"steps": steps, "guidance": guidance, "network_evaluations": steps * (2 if guidance > 0 else 1),
+            "threads": torch.get_num_threads(), "by_batch": rows,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def evaluate(model: str, suites: list[str], out: Path, s: EvalSettings) -> dict:
+    unknown = [x for x in suites if x not in SUITES]
+    if unknown:
+        raise ConfigError(f"suite {unknown[0]!r} unknown; accepted: {', '.join(SUITES)}")
+    pipe = Pipeline.from_pretrained(model)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"model": model, "steps": s.steps or pipe.defaults.steps,
+              "guidance": pipe.defaults.guidance if s.guidance is None else s.guidance, "seeds": s.seeds,
+              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"}
+    for suite in suites:
+        t0 = time.perf_counter()
+        if suite == "speed":
+            result["speed"] = eval_speed(pipe, s)
+        else:
+            result[suite], grid = (eval_shapes if suite == "shapes" else eval_emoji)(pipe, s)
+            grid.save(out / f"{suite}.png")
+        result.setdefault("eval_seconds", {})[suite] = round(time.perf_counter() - t0, 1)
+    atomic_write_bytes(out / "results.json", (json.dumps(result, indent=2) + "\n").encode())
+    return result
+
+
+def table(results: list[dict]) -> str:
+    """Markdown: one row per evaluated (model, steps, guidance), metrics as columns."""
+    head = ["model", "steps", "guidance", "shapes overall", "single", "colour", "two obj", "counting",
+            "colour attr", "position", "emoji FID", "KID x1e3", "R@1", "s/img (b=1)", "img/s (b=16)", "NFE"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        acc = r.get("shapes", {}).get("accuracy", {})
+        em, sp = r.get("emoji", {}), r.get("speed", {}).get("by_batch", {})
+        cells = [r["model"], r["steps"], r["guidance"],
+                 *(f"{acc[k]:.3f}" if k in acc else "" for k in ("overall", *CATEGORIES)),
+                 f"{em['fid']:.1f}" if em else "", f"{em['kid'] * 1e3:.1f}" if em else "",
+                 f"{em['retrieval_r1']:.3f}" if em else "",
+                 f"{sp['1']['seconds_per_image']:.2f}" if "1" in sp else "",
+                 f"{sp['16']['images_per_second']:.2f}" if "16" in sp else "",
+                 r.get("speed", {}).get("network_evaluations", "")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
