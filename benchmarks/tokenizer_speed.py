@@ -16,17 +16,8 @@ import time
 
 import torch
 
+from fastmuse.eval.machine import cpu_flags
 from fastmuse.tokenizer import VQTokenizer
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
-    return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni"})
 
 
 def timed(fn, repeats: int) -> float:

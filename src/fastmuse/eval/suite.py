@@ -11,7 +11,6 @@ Suites:
 from __future__ import annotations
 
 import json
-import platform
 import resource
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from ..data.images import make_grid
 from ..errors import ConfigError
 from ..fsutil import atomic_write_bytes
 from ..pipeline import MAX_IMAGES, Pipeline
+from .machine import describe_machine
 from .shapes_check import check, detect
 from .shapes_suite import CATEGORIES, SUITE_VERSION, suite_items, summarise
 
@@ -100,7 +100,7 @@ def evaluate(model: str, suites: list[str], out: Path, s: EvalSettings) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     result = {"model": model, "steps": s.steps or pipe.defaults.steps,
               "guidance": pipe.defaults.guidance if s.guidance is None else s.guidance, "seeds": s.seeds,
-              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"}
+              "machine": describe_machine()}
     for suite in suites:
         t0 = time.perf_counter()
         if suite == "speed":
