@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = eval_sub.add_parser("checker", help="validate the shapes checker on ground-truth renders",
                             description="Checker accuracy on ground-truth renders of the suite's "
                                         "scenes, clean and under blur, noise, JPEG and downscaling.")
-    c.add_argument("--per-category", type=positive("--per-category"), default=100,
-                   help="scenes per category (default 100; the suite itself uses 12)")
+    c.add_argument("--per-category", type=positive("--per-category"), default=12,
+                   help="scenes per category, at most 18 (default 12: the suite's own scenes)")
     c.add_argument("-o", "--output", default=None, help="write the accuracies as JSON")
     c.set_defaults(func=cmd_checker)

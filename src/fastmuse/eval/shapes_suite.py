@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from PIL import Image, ImageFilter
 
 from ..data.shapes import Scene, render_scene, scene_at
+from ..errors import ConfigError
 from .shapes_check import Spec, check, detect
 
 SUITE_VERSION = "shapes-v1"
 EVAL_WORLD = 90_001
 PER_CATEGORY = 12
+MAX_SCENES = 20_000
 CATEGORIES = ("single", "colour", "two_objects", "counting", "colour_attribution", "position")
 
 
@@ -42,6 +44,9 @@ def suite_items(per_category: int = PER_CATEGORY, world: int = EVAL_WORLD) -> li
     seen: set[str] = set()
     index = 0
     while any(len(v) < per_category for v in want.values()):
+        if index == MAX_SCENES:  # single objects have only 36 distinct captions
+            raise ConfigError(f"per_category {per_category}: not enough distinct prompts in {MAX_SCENES} "
+                              "scenes; accepted: at most 18")
         scene = scene_at(world, index, 128)
         index += 1
         cats = ("single", "colour") if scene.category == "single" else (scene.category,)
