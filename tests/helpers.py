@@ -72,23 +72,25 @@ def tiny_tokenizer(root: Path) -> Path:
     return VQTokenizer(cfg).save_pretrained(root)
 
 
-def tiny_pipeline(root: Path) -> Path:
+def tiny_pipeline(root: Path, autoregressive: bool = False) -> Path:
     """A random text-to-image model folder: tiny tokenizer (32 px -> 16x16 tokens), tiny
-    text encoder, 2-block transformer, 3 sampling steps, guidance 2."""
+    text encoder, 2-block transformer (masked: 3 sampling steps; or autoregressive), guidance 2."""
     import torch
 
-    from fastmuse.models import MaskedTransformer, MaskedTransformerConfig
+    from fastmuse.models import ARTransformer, ARTransformerConfig, MaskedTransformer, MaskedTransformerConfig
     from fastmuse.pipeline import Pipeline, SamplerDefaults
     from fastmuse.text import load_text_encoder
     from fastmuse.tokenizer import VQTokenizer
 
     tok, te = tiny_tokenizer(root / "tok"), tiny_text_encoder(root / "te")
     torch.manual_seed(0)
-    cfg = MaskedTransformerConfig(codebook_size=16, grid=16, dim=32, depth=2, heads=2, text_dim=32,
-                                  pooled_dim=32, resolution=32, tokenizer=str(tok), text_encoder=str(te))
-    model = MaskedTransformer(cfg)
+    config, model_class = ((ARTransformerConfig, ARTransformer) if autoregressive else
+                           (MaskedTransformerConfig, MaskedTransformer))
+    cfg = config(codebook_size=16, grid=16, dim=32, depth=2, heads=2, text_dim=32,
+                 pooled_dim=32, resolution=32, tokenizer=str(tok), text_encoder=str(te))
+    model = model_class(cfg)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.05)
     pipe = Pipeline(model, VQTokenizer.from_pretrained(tok), load_text_encoder(str(te)),
-                    SamplerDefaults(steps=3, guidance=2.0))
+                    SamplerDefaults(steps=256 if autoregressive else 3, guidance=2.0))
     return pipe.save_pretrained(root / "model", card="# tiny test model\n")

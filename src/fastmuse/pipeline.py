@@ -1,4 +1,5 @@
-"""Text -> image: text encoder + masked transformer + MaskGIT sampler + VQ decoder.
+"""Text -> image: text encoder + masked transformer + MaskGIT sampler + VQ decoder
+(or, for the autoregressive baseline, + raster-order sampler).
 
     pipe = Pipeline.from_pretrained("muse-128")          # a bundled name or a folder
     images = pipe("red heart", n=4, steps=12, guidance=3.0, seed=0)   # list of PIL images
@@ -21,7 +22,8 @@ from PIL import Image
 from .editing import EditingMixin
 from .errors import ConfigError
 from .hub import resolve
-from .models.transformer import MaskedTransformer, TextContext
+from .models import ARTransformer, MaskedTransformer, TextContext, load_transformer
+from .sampling.autoregressive import ar_sample, check_ar_args
 from .sampling.maskgit import check_sampler_args, maskgit_sample
 from .sampling.windows import fill_windows
 from .text.encoders import TextEncoder, check_prompts, load_text_encoder
@@ -39,6 +41,7 @@ class SamplerDefaults:
     guidance_schedule: str = "constant"
     temperature: float = 1.0
     noise: float = 4.5
+    top_k: int = 0  # autoregressive models only (0: no cut)
 
     @staticmethod
     def load(folder: Path) -> SamplerDefaults:
@@ -63,6 +66,14 @@ class SamplingRun:
 
     def fill(self, init: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """Tokens [B, h, w] with MASK where unknown -> completed, window by window."""
+        if isinstance(self.model, ARTransformer):
+            g = self.model.config.grid
+            if tuple(init.shape[-2:]) != (g, g) or bool((init != self.model.mask_id).any()):
+                raise ConfigError("the autoregressive model only generates whole images from text; "
+                                  "inpainting, outpainting and editing need a masked model")
+            return ar_sample(self.model, self.cond, self.uncond, guidance=self.guidance,
+                             generator=self.generator, **self.options)
+
         def sample(window: torch.Tensor) -> torch.Tensor:
             return maskgit_sample(self.model, window, self.cond, self.uncond, steps=steps or self.steps,
                                   guidance=self.guidance, generator=self.generator, **self.options)
@@ -86,7 +97,7 @@ class Pipeline(EditingMixin):
     def from_pretrained(cls, name_or_dir: str | os.PathLike, text_encoder: TextEncoder | None = None
                         ) -> Pipeline:
         folder = resolve(name_or_dir)
-        transformer = MaskedTransformer.from_pretrained(folder)
+        transformer = load_transformer(folder)
         cfg = transformer.config
         tokenizer = VQTokenizer.from_pretrained(folder / "tokenizer" if (folder / "tokenizer").is_dir()
                                                 else cfg.tokenizer)
@@ -109,14 +120,29 @@ class Pipeline(EditingMixin):
         if not isinstance(n, int) or not 1 <= n * len(prompts) <= MAX_IMAGES:
             raise ConfigError(f"n is {n!r}; accepted: an integer with 1 <= n * number of prompts "
                               f"<= {MAX_IMAGES}")
-        d = self.defaults
-        opts = {"schedule": d.schedule, "guidance_schedule": d.guidance_schedule,
-                "temperature": d.temperature, "noise": d.noise, **sampler}
-        steps = d.steps if steps is None else steps
+        d, m = self.defaults, self.transformer
         guidance = d.guidance if guidance is None else guidance
-        check_sampler_args(steps, guidance, opts["schedule"], opts["guidance_schedule"],
-                           opts["temperature"], opts["noise"])
-        m = self.transformer
+        if isinstance(m, ARTransformer):
+            opts = {"temperature": d.temperature, "top_k": d.top_k}
+            tokens = m.config.grid ** 2
+            if steps not in (None, tokens):
+                raise ConfigError(f"steps is {steps!r}; the autoregressive model takes one step per "
+                                  f"token: {tokens}")
+            steps = tokens
+        else:
+            opts = {"schedule": d.schedule, "guidance_schedule": d.guidance_schedule,
+                    "temperature": d.temperature, "noise": d.noise}
+            steps = d.steps if steps is None else steps
+        unknown = sorted(set(sampler) - set(opts))
+        if unknown:
+            raise ConfigError(f"sampler option {unknown[0]!r} does not apply to this model; accepted: "
+                              f"{', '.join(opts)}")
+        opts.update(sampler)
+        if isinstance(m, ARTransformer):
+            check_ar_args(guidance, opts["temperature"], opts["top_k"])
+        else:
+            check_sampler_args(steps, guidance, opts["schedule"], opts["guidance_schedule"],
+                               opts["temperature"], opts["noise"])
         cond = m.prepare_text(self.text_encoder.encode(prompts)).repeat(n)
         uncond = self.uncond().repeat(len(prompts) * n) if guidance > 0 else None
         return SamplingRun(m, cond, uncond, steps, guidance, opts, torch.Generator().manual_seed(seed))

@@ -64,13 +64,16 @@ def add_sampler_args(p: argparse.ArgumentParser, n_default: int = 1) -> None:
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default 1)")
     p.add_argument("--noise", type=float, default=None,
                    help="Gumbel noise on confidences, annealed to 0 (default 4.5)")
+    p.add_argument("--top-k", type=bounded("--top-k", int, 0, None), default=None,
+                   help="autoregressive models: sample among the k likeliest codes (default: the model's)")
 
 
 def sampler_options(a: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments add_sampler_args collects, for Pipeline calls (unset ones left out)."""
     opts = {"n": a.n, "seed": a.seed, "steps": a.steps, "guidance": a.guidance}
     return opts | {k: v for k, v in (("schedule", a.schedule), ("guidance_schedule", a.guidance_schedule),
-                                     ("temperature", a.temperature), ("noise", a.noise)) if v is not None}
+                                     ("temperature", a.temperature), ("noise", a.noise),
+                                     ("top_k", a.top_k)) if v is not None}
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:

@@ -22,10 +22,13 @@ def _steps_list(text: str) -> list[int | None]:
 def cmd_eval(a: argparse.Namespace) -> None:
     from ..eval.suite import EvalSettings, evaluate, table
     from ..fsutil import atomic_write_bytes
+    from ..models import ARTransformerConfig, transformer_kind
 
     results = []
     for model in a.model:
-        for steps in a.steps or [None]:
+        # an autoregressive model always takes one step per token: one row, whatever --steps says
+        ar = transformer_kind(model) == ARTransformerConfig.kind
+        for steps in [None] if ar else a.steps or [None]:
             s = EvalSettings(seeds=a.seeds, steps=steps, guidance=a.guidance)
             label = f"{Path(model).name}-{steps or 'default'}steps"
             results.append(evaluate(model, a.suite, Path(a.out) / label, s))
@@ -60,8 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", nargs="+", default=[DEFAULT_MODEL], help="bundled names or folders")
     p.add_argument("--suite", nargs="+", default=["shapes", "emoji", "speed"],
                    help="shapes, emoji and/or speed (default: all)")
-    p.add_argument("--steps", type=_steps_list, default=None, help="e.g. 12,6: one row each (default: "
-                                                                    "the model's)")
+    p.add_argument("--steps", type=_steps_list, default=None,
+                   help="e.g. 12,6: one row each for masked models (default: the model's; "
+                        "autoregressive models always take one step per token)")
     p.add_argument("--guidance", type=float, default=None, help="default: the model's")
     p.add_argument("--seeds", type=positive("--seeds"), default=4, help="images per prompt (default 4)")
     p.add_argument("--out", default="outputs/eval", help="results folder (default outputs/eval)")

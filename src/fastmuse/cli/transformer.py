@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_train_parser, load_train_config, positive
+from .common import add_train_parser, bounded, load_train_config, positive
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -30,7 +30,7 @@ def cmd_export(a: argparse.Namespace) -> None:
     from ..train.export import export_run
 
     out = export_run(a.run, a.out, name=a.name or Path(a.out).name, notes=a.notes,
-                     defaults=SamplerDefaults(steps=a.steps, guidance=a.guidance))
+                     defaults=SamplerDefaults(steps=a.steps, guidance=a.guidance, top_k=a.top_k))
     print(f"wrote {out}")
 
 
@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAct
     x.add_argument("--out", required=True, help="model folder to write (e.g. src/fastmuse/assets/NAME)")
     x.add_argument("--name", default=None, help="model name in the card (default: the folder name)")
     x.add_argument("--notes", default="", help="extra markdown for the card (e.g. wall time)")
-    x.add_argument("--steps", type=positive("--steps"), default=12, help="default decoding steps")
+    x.add_argument("--steps", type=positive("--steps"), default=12,
+                   help="default decoding steps (autoregressive models: always one per token)")
     x.add_argument("--guidance", type=float, default=3.0, help="default guidance scale")
+    x.add_argument("--top-k", type=bounded("--top-k", int, 0, None), default=0,
+                   help="default top-k of an autoregressive model (0: all codes)")
     x.set_defaults(func=cmd_export)

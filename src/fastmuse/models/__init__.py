@@ -1,3 +1,31 @@
+import json
+import os
+
+from ..errors import CheckpointError
+from ..hub import CONFIG_NAME, resolve
+from .autoregressive import ARTransformer, ARTransformerConfig
 from .transformer import MaskedTransformer, MaskedTransformerConfig, TextContext
 
-__all__ = ["MaskedTransformer", "MaskedTransformerConfig", "TextContext"]
+TRANSFORMERS: dict[str, type[MaskedTransformer]] = {MaskedTransformerConfig.kind: MaskedTransformer,
+                                                    ARTransformerConfig.kind: ARTransformer}
+
+
+def transformer_kind(name_or_dir: str | os.PathLike) -> str:
+    """The `kind` a transformer folder's config.json names (masked_transformer, ar_transformer)."""
+    path = resolve(name_or_dir) / CONFIG_NAME
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: cannot read the model config ({e})") from None
+    if kind not in TRANSFORMERS:
+        raise CheckpointError(f"{path}: 'kind' is {kind!r}; accepted: {', '.join(TRANSFORMERS)}")
+    return kind
+
+
+def load_transformer(name_or_dir: str | os.PathLike) -> MaskedTransformer:
+    """A masked or autoregressive transformer, whichever the folder holds."""
+    return TRANSFORMERS[transformer_kind(name_or_dir)].from_pretrained(name_or_dir)
+
+
+__all__ = ["ARTransformer", "ARTransformerConfig", "MaskedTransformer", "MaskedTransformerConfig",
+           "TextContext", "TRANSFORMERS", "load_transformer", "transformer_kind"]

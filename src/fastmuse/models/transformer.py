@@ -86,10 +86,23 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
+class KVCache:
+    """Self-attention keys/values of the positions decoded so far (autoregressive sampling)."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def add(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], 2)
+        self.v = v if self.v is None else torch.cat([self.v, v], 2)
+        return self.k, self.v
+
+
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, causal: bool = False) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -111,11 +124,15 @@ class Block(nn.Module):
         return self._heads(k), self._heads(v)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
-                text_mask: torch.Tensor) -> torch.Tensor:
+                text_mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """`cache`: x is the next single position of a causal sequence whose earlier keys and
+        values the cache holds (it attends to all of them and appends its own)."""
         b, n, d = x.shape
         s1, sc1, g1, s2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)
-        q, k, v = self.qkv(modulate(self.norm1(x), s1, sc1)).chunk(3, dim=-1)
-        a = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+        q, k, v = (self._heads(t) for t in self.qkv(modulate(self.norm1(x), s1, sc1)).chunk(3, dim=-1))
+        if cache is not None:
+            k, v = cache.add(k, v)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal and cache is None)
         x = x + g1.unsqueeze(1) * self.proj(a.transpose(1, 2).reshape(b, n, d))
         q = self._heads(self.q_cross(self.norm2(x)))
         a = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=text_mask)
@@ -125,6 +142,7 @@ class Block(nn.Module):
 
 class MaskedTransformer(PretrainedMixin, nn.Module):
     config_class = MaskedTransformerConfig
+    causal = False  # bidirectional self-attention; models/autoregressive.py sets it
 
     def __init__(self, config: MaskedTransformerConfig) -> None:
         super().__init__()
@@ -134,7 +152,8 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
         self.col_emb = nn.Parameter(torch.zeros(cfg.grid, cfg.dim))
         self.text_proj = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, cfg.dim))
         self.cond = nn.Sequential(nn.Linear(cfg.pooled_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, self.causal)
+                                    for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(cfg.dim, 2 * cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.codebook_size)
@@ -176,9 +195,17 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
         g = self.config.grid
         if h > g or w > g:
             raise ConfigError(f"token grid {h}x{w} is larger than the model's {g}x{g}")
-        pos = (self.row_emb[:h, None, :] + self.col_emb[None, :w, :]).reshape(h * w, -1)
-        x = self.tok_emb(tokens.reshape(b, h * w)) + pos
-        for blk, kv in zip(self.blocks, ctx.kv, strict=True):
-            x = blk(x, ctx.c, kv, ctx.mask)
+        return self.run(tokens.reshape(b, h * w), self.positions(h, w), ctx).view(b, h, w, -1)
+
+    def positions(self, h: int, w: int) -> torch.Tensor:
+        """Position embeddings [h*w, dim] of an h x w grid in raster order."""
+        return (self.row_emb[:h, None, :] + self.col_emb[None, :w, :]).reshape(h * w, -1)
+
+    def run(self, ids: torch.Tensor, pos: torch.Tensor, ctx: TextContext,
+            caches: list[KVCache] | None = None) -> torch.Tensor:
+        """ids [B, N] + position embeddings [N, dim] -> logits [B, N, codebook_size]."""
+        x = self.tok_emb(ids) + pos
+        for i, (blk, kv) in enumerate(zip(self.blocks, ctx.kv, strict=True)):
+            x = blk(x, ctx.c, kv, ctx.mask, None if caches is None else caches[i])
         shift, scale = self.ada_out(F.silu(ctx.c)).chunk(2, dim=-1)
-        return self.head(modulate(self.norm_out(x), shift, scale)).view(b, h, w, -1)
+        return self.head(modulate(self.norm_out(x), shift, scale))

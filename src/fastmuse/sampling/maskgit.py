@@ -69,12 +69,16 @@ def guided_logits(model: MaskedTransformer, tokens: torch.Tensor, ctx: TextConte
                   guidance: float | None) -> torch.Tensor:
     """Logits [B, H*W, K] (fp32) of tokens [B, H, W]: l_c + g (l_c - l_u) with cond and uncond
     in one batched forward (ctx from guidance_context), or plain l_c when guidance is None."""
-    b = tokens.shape[0]
     logits = model(torch.cat([tokens, tokens]) if guidance is not None else tokens, ctx)
-    logits = logits.float().view(len(ctx.c), tokens[0].numel(), -1)
+    return combine_guidance(logits.float().view(len(ctx.c), tokens[0].numel(), -1), guidance)
+
+
+def combine_guidance(logits: torch.Tensor, guidance: float | None) -> torch.Tensor:
+    """Classifier-free guidance on logits [2B, ...] = cond rows then uncond rows:
+    l_c + g (l_c - l_u); logits [B, ...] pass through when guidance is None."""
     if guidance is None:
         return logits
-    lc, lu = logits[:b], logits[b:]
+    lc, lu = logits.chunk(2)
     return lc + guidance * (lc - lu)
 
 

@@ -1,14 +1,16 @@
 """From a finished run to a model folder with a model card whose figures are rerunnable:
-held-out masked-token accuracy (`fastmuse transformer eval`), loss curves, a sample grid."""
+held-out token accuracy (`fastmuse transformer eval`), loss curves, a sample grid. Masked
+and autoregressive runs get the same card, worded for their objective."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
 
 from ..data.images import make_grid
-from ..models.transformer import MaskedTransformer
+from ..models import ARTransformer, load_transformer
 from ..pipeline import Pipeline, SamplerDefaults
 from ..text.encoders import load_text_encoder
 from ..tokenizer import VQTokenizer
@@ -24,7 +26,7 @@ def heldout_accuracy(model: str | Path, config: str | Path) -> dict:
     from ..data.tokens import build_token_data
 
     cfg = TransformerTrainConfig.load(config)
-    m = MaskedTransformer.from_pretrained(model)
+    m = load_transformer(model)
     tokenizer = VQTokenizer.from_pretrained(cfg.tokenizer)
     data = build_token_data(list(cfg.data), tokenizer, load_text_encoder(cfg.text_encoder),
                             m.config.resolution, cfg.cache_dir, cfg.shapes_train, cfg.shapes_val,
@@ -47,9 +49,13 @@ def export_run(run: str | Path, out: str | Path, name: str, notes: str = "",
                defaults: SamplerDefaults | None = None) -> Path:
     run = Path(run)
     cfg = TransformerTrainConfig.load(run / "config.json")
-    model = MaskedTransformer.from_pretrained(run / "transformer")
+    model = load_transformer(run / "transformer")
+    ar = isinstance(model, ARTransformer)
+    defaults = defaults or SamplerDefaults()
+    if ar:  # one step per token
+        defaults = dataclasses.replace(defaults, steps=model.config.grid ** 2)
     pipe = Pipeline(model, VQTokenizer.from_pretrained(cfg.tokenizer), load_text_encoder(cfg.text_encoder),
-                    defaults or SamplerDefaults())
+                    defaults)
     d = pipe.defaults
     images = pipe(list(CARD_PROMPTS), n=4, seed=0)
     grid = make_grid(images, ncols=8, captions=[p for p in CARD_PROMPTS for _ in range(4)])
@@ -59,14 +65,28 @@ def export_run(run: str | Path, out: str | Path, name: str, notes: str = "",
     mc = model.config
     w, e = ev["with_captions"], ev["empty_captions"]
     groups = list(ev["val_counts"])
-    rows = "\n".join(f"| {g} ({ev['val_counts'][g]}) | {w[f'val_acc_{g}']:.3f} | {w[f'val_acc50_{g}']:.3f} | "
+    acc50 = (lambda k: "") if ar else (lambda k: f" {w[k]:.3f} |")  # noqa: E731
+    rows = "\n".join(f"| {g} ({ev['val_counts'][g]}) | {w[f'val_acc_{g}']:.3f} |{acc50(f'val_acc50_{g}')} "
                      f"{w[f'val_loss_{g}']:.3f} | {e[f'val_acc_{g}']:.3f} |" for g in groups)
     last = next(r for r in reversed(records) if "loss" in r)
-    card = f"""# {name}: masked text-to-image transformer (fastmuse)
-
+    kind, what, extra_id, objective, heldout = (
+        ("autoregressive baseline", f"""\
+A causal transformer of the same size, text conditioning and training as the masked
+models, that writes {mc.grid}x{mc.grid} tokens of the `{mc.tokenizer}` VQ tokenizer ({mc.resolution} px)
+one at a time in raster order (KV cache, classifier-free guidance): the baseline the
+evaluation suite compares parallel decoding with. Trained from scratch on a 2-core CPU by fastmuse.""",
+         "BOS", "next-token loss on every token (teacher forcing)",
+         "Next-token accuracy with the true prefix (teacher forcing)") if ar else
+        ("masked text-to-image transformer", f"""\
 A Muse-style masked image transformer that turns a prompt into {mc.grid}x{mc.grid} tokens of
 the `{mc.tokenizer}` VQ tokenizer ({mc.resolution} px), decoded by MaskGIT parallel decoding
-with classifier-free guidance. Trained from scratch on a 2-core CPU by fastmuse.
+with classifier-free guidance. Trained from scratch on a 2-core CPU by fastmuse.""",
+         "MASK", "cosine mask-ratio schedule, loss on masked tokens only",
+         "Masked-token accuracy with fixed masks; `acc`: cosine-schedule mask ratios, `acc50`: half\n"
+         "of each grid masked"))
+    card = f"""# {name}: {kind} (fastmuse)
+
+{what}
 
 ![samples](grid.png)
 
@@ -76,7 +96,7 @@ Prompts above (seed 0, {d.steps} steps, guidance {d.guidance}, {d.schedule} sche
 ## Model
 - {params / 1e6:.1f}M parameters: dim {mc.dim}, depth {mc.depth}, heads {mc.heads}, MLP x{mc.mlp_ratio};
   self-attention + cross-attention to the text states + MLP per block, adaLN-Zero modulation from
-  the pooled text; learned row + column position embeddings; {mc.codebook_size}-way logits (+1 MASK id).
+  the pooled text; learned row + column position embeddings; {mc.codebook_size}-way logits (+1 {extra_id} id).
 - Text encoder: `{mc.text_encoder}` ({mc.text_dim}-d token states, {mc.pooled_dim}-d pooled), frozen.
 - Image tokenizer: `{mc.tokenizer}`, frozen.
 - Sampling defaults (`sampler.json`): {json.dumps(vars(d))}.
@@ -90,20 +110,20 @@ dropped to "" with probability {cfg.caption_dropout} (for classifier-free guidan
 ## Training
 {cfg.steps} steps x batch {cfg.batch_size} (x{cfg.grad_accum} accumulation), AdamW lr {cfg.lr}
 (warm-up {cfg.warmup_steps}, cosine to x{cfg.min_lr_ratio}), weight decay {cfg.weight_decay}, label smoothing
-{cfg.label_smoothing}, EMA {cfg.ema_decay} (these are the weights here), cosine mask-ratio schedule,
-loss on masked tokens only. Last logged train loss {last['loss']:.3f}, accuracy {last['acc']:.3f}.
+{cfg.label_smoothing}, EMA {cfg.ema_decay} (these are the weights here), {objective}.
+Last logged train loss {last['loss']:.3f}, accuracy {last['acc']:.3f}.
 {notes}
 
 ![loss](loss.png) ![accuracy](accuracy.png)
 
-## Held-out masked-token accuracy
-Val splits (never trained on), fixed masks; `acc`: cosine-schedule mask ratios, `acc50`: half
-of each grid masked; chance is {ev['chance_acc']:.4f}. "no text" replaces every caption by "".
+## Held-out token accuracy
+{heldout} on the val splits (never trained on); chance is {ev['chance_acc']:.4f}.
+"no text" replaces every caption by "".
 
-| val set (images) | acc | acc50 | loss | acc, no text |
-|---|---|---|---|---|
+| val set (images) | acc |{"" if ar else " acc50 |"} loss | acc, no text |
+|---|---|{"" if ar else "---|"}---|---|
 {rows}
-| all | {w['val_acc']:.3f} | {w['val_acc50']:.3f} | {w['val_loss']:.3f} | {e['val_acc']:.3f} |
+| all | {w['val_acc']:.3f} |{acc50('val_acc50')} {w['val_loss']:.3f} | {e['val_acc']:.3f} |
 
 Rerun: `fastmuse transformer eval --model {name} --config configs/{name}.json` (this folder's
 `eval.json`).
@@ -116,8 +136,8 @@ fastmuse transformer export --run runs/{name} --out src/fastmuse/assets/{name}
 ```
 """
     files = {"grid.png": _png(grid), "eval.json": (json.dumps(ev, indent=2) + "\n").encode(),
-             "loss.png": _png(plot_curves(records, ["loss", "val_loss"], "masked-token cross-entropy")),
+             "loss.png": _png(plot_curves(records, ["loss", "val_loss"], "token cross-entropy")),
              "accuracy.png": _png(plot_curves(records, ["acc", "val_acc", "val_acc50"],
-                                              "masked-token accuracy")),
+                                              "token accuracy")),
              "metrics.jsonl": (run / "metrics.jsonl").read_bytes()}
     return pipe.save_pretrained(out, card=card, extra_files=files)

@@ -6,6 +6,9 @@ with the caption's embedding (dropped to "" with `caption_dropout`, which is wha
 classifier-free guidance needs), cross-entropy on the masked tokens only. AdamW with
 warm-up + cosine decay, an EMA copy of the weights (what gets sampled and saved), exact
 resume: the batch, its masks and caption choices are functions of (seed, step, rank).
+
+A config whose model is an `ar_transformer` trains the autoregressive baseline the same way
+(same data, captions, optimiser, EMA), with next-token cross-entropy on every token instead.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from ..config import Config, check_range
 from ..data.images import make_grid, to_pil
 from ..data.tokens import TokenData, TokenSplit, build_token_data
 from ..errors import ConfigError
+from ..models.autoregressive import ARTransformer, ARTransformerConfig
 from ..models.transformer import MaskedTransformer, MaskedTransformerConfig
+from ..sampling.autoregressive import ar_sample
 from ..sampling.maskgit import maskgit_sample
 from ..text.cache import EmbeddingCache
 from .distributed import make_accelerator
@@ -41,7 +46,7 @@ SAMPLE_PROMPTS = ("red heart", "smiling face with sunglasses", "pizza", "a blue 
 @dataclass
 class TransformerTrainConfig(Config):
     kind = "train_transformer"
-    model: MaskedTransformerConfig = field(default_factory=MaskedTransformerConfig)
+    model: MaskedTransformerConfig | ARTransformerConfig = field(default_factory=MaskedTransformerConfig)
     data: tuple[str, ...] = ("data/emoji", "shapes:0")  # folders / shards / shapes:SEED
     repeats: tuple[int, ...] = (1, 1)  # per source: times its samples appear per epoch
     shapes_train: int = 8000  # scenes taken from each shapes:SEED stream
@@ -129,32 +134,46 @@ def masked_loss(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor
     return loss, (logits.argmax(-1) == target).float().mean()
 
 
+def loss_inputs(tokens: torch.Tensor, mcfg: MaskedTransformerConfig,
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what the model reads, where the loss is taken). Masked model: a random cosine-schedule
+    mask. Autoregressive model: the tokens themselves (its forward shifts them), every position."""
+    if isinstance(mcfg, ARTransformerConfig):
+        return tokens, torch.ones_like(tokens, dtype=torch.bool)
+    return random_mask(tokens, mcfg.mask_id, gen)
+
+
 @torch.no_grad()
 def evaluate_masked(model: MaskedTransformer, split: TokenSplit, captions: EmbeddingCache,
                     groups: dict[str, range], batch_size: int = 64, seed: int = 1234,
                     caption_row: int | None = None) -> dict[str, float]:
     """Held-out masked-token loss/accuracy with fixed masks (same every call), per group and
     overall; `acc50` masks exactly half of each grid. `caption_row` replaces every caption
-    (e.g. the "" row: how much the text helps)."""
+    (e.g. the "" row: how much the text helps). An autoregressive model gets its next-token
+    loss/accuracy (teacher forcing) and no acc50."""
     out: dict[str, float] = {}
-    totals: dict[str, list[float]] = {"loss": [], "acc": [], "acc50": []}
+    causal = isinstance(model, ARTransformer)
+    totals: dict[str, list[float]] = {k: [] for k in ("loss", "acc") + (() if causal else ("acc50",))}
     for name, rng in groups.items():
         gen = torch.Generator().manual_seed(seed)
-        sums = {"loss": 0.0, "acc": 0.0, "acc50": 0.0}
+        sums = dict.fromkeys(totals, 0.0)
         for start in range(rng.start, rng.stop, batch_size):
             idx = list(range(start, min(start + batch_size, rng.stop)))
             tokens = split.tokens[idx]
             rows = torch.stack([split.caption_rows(i)[0] for i in idx])
             text = captions.lookup(rows if caption_row is None else torch.full_like(rows, caption_row))
             ctx = model.prepare_text(text)
-            inputs, mask = random_mask(tokens, model.mask_id, gen)
+            inputs, mask = loss_inputs(tokens, model.config, gen)
             loss, acc = masked_loss(model, tokens, mask, inputs, ctx)
+            sums["loss"] += float(loss) * len(idx)
+            sums["acc"] += float(acc) * len(idx)
+            if causal:
+                continue
             half = torch.rand(tokens.shape, generator=gen).flatten(1).argsort(1).argsort(1) < \
                 tokens[0].numel() // 2
             half = half.view_as(tokens)
             _, acc50 = masked_loss(model, tokens, half, torch.where(half, model.mask_id, tokens), ctx)
-            for k, v in (("loss", loss), ("acc", acc), ("acc50", acc50)):
-                sums[k] += float(v) * len(idx)
+            sums["acc50"] += float(acc50) * len(idx)
         for k in sums:
             out[f"val_{k}_{name}"] = sums[k] / len(rng)
             totals[k].append(sums[k])
@@ -169,10 +188,13 @@ def sample_grid(model: MaskedTransformer, tokenizer, encoder, prompts: tuple[str
     text = encoder.encode(list(prompts))
     cond = model.prepare_text(text)
     uncond = model.prepare_text(encoder.encode([""] * len(prompts)))
-    g = model.config.grid
-    init = torch.full((len(prompts), g, g), model.mask_id)
-    tokens = maskgit_sample(model, init, cond, uncond, steps=steps, guidance=guidance,
-                            generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    if isinstance(model, ARTransformer):
+        tokens = ar_sample(model, cond, uncond, guidance=guidance, generator=gen)
+    else:
+        g = model.config.grid
+        init = torch.full((len(prompts), g, g), model.mask_id)
+        tokens = maskgit_sample(model, init, cond, uncond, steps=steps, guidance=guidance, generator=gen)
     images = tokenizer.decode(tokens).clamp(-1, 1)
     return make_grid([to_pil(im) for im in images], ncols=min(len(prompts), 8), captions=list(prompts))
 
@@ -221,7 +243,7 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
     empty_row = int(data.captions.rows([""])[0])
 
     torch.manual_seed(cfg.seed)
-    model = MaskedTransformer(mcfg).train()
+    model = (ARTransformer if isinstance(mcfg, ARTransformerConfig) else MaskedTransformer)(mcfg).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -254,7 +276,7 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
             gen = step_generator(cfg.seed, at, acc.process_index)
             tokens = data.train.tokens[idx]
             rows = pick_captions(data.train, idx, cfg, empty_row, gen)
-            inputs, mask = random_mask(tokens, mcfg.mask_id, gen)
+            inputs, mask = loss_inputs(tokens, mcfg, gen)
             text = data.captions.lookup(rows).to(acc.device)
             with acc.accumulate(model):
                 with acc.autocast():
