@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .hub import resolve
 from .models import ARTransformer, MaskedTransformer, TextContext, load_transformer
 from .sampling.autoregressive import ar_sample, check_ar_args
-from .sampling.maskgit import check_sampler_args, maskgit_sample
+from .sampling.maskgit import Generators, check_sampler_args, maskgit_sample
 from .sampling.windows import fill_windows
 from .text.encoders import TextEncoder, check_prompts, load_text_encoder
 from .tokenizer import VQTokenizer
@@ -62,7 +62,7 @@ class SamplingRun:
     steps: int
     guidance: float
     options: dict
-    generator: torch.Generator
+    generator: Generators
 
     def fill(self, init: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """Tokens [B, h, w] with MASK where unknown -> completed, window by window."""
@@ -113,13 +113,27 @@ class Pipeline(EditingMixin):
             self._uncond = self.transformer.prepare_text(self.text_encoder.encode([""]))
         return self._uncond
 
-    def sampling(self, prompts: list[str], n: int = 1, steps: int | None = None,
-                 guidance: float | None = None, seed: int = 0, **sampler) -> SamplingRun:
+    def sampling(self, prompts: list[str], n: int | list[int] = 1, steps: int | None = None,
+                 guidance: float | None = None, seed: int | list[int] = 0, **sampler) -> SamplingRun:
         """Checked options + text contexts for len(prompts) * n images (prompt-major), encoded
-        once; editing samples several times (windows, iterations) from one run."""
-        if not isinstance(n, int) or not 1 <= n * len(prompts) <= MAX_IMAGES:
-            raise ConfigError(f"n is {n!r}; accepted: an integer with 1 <= n * number of prompts "
-                              f"<= {MAX_IMAGES}")
+        once; editing samples several times (windows, iterations) from one run.
+
+        `n` and `seed` may also be lists, one entry per prompt: prompt i's n[i] images then come
+        from their own random stream seeded seed[i], the same images it gets alone
+        (`pipe(prompt_i, n=n[i], seed=seed[i])`): how the server batches requests."""
+        counts = [n] * len(prompts) if isinstance(n, int) else n
+        if (not isinstance(counts, list | tuple) or len(counts) != len(prompts)
+                or not all(isinstance(c, int) and c >= 1 for c in counts)
+                or not 1 <= sum(counts) <= MAX_IMAGES):
+            raise ConfigError(f"n is {n!r}; accepted: an integer (or one per prompt) >= 1 with at most "
+                              f"{MAX_IMAGES} images in all")
+        if isinstance(seed, int):
+            generator = torch.Generator().manual_seed(seed)
+        elif isinstance(seed, list | tuple) and len(seed) == len(prompts) and \
+                all(isinstance(x, int) for x in seed):
+            generator = [(torch.Generator().manual_seed(x), c) for x, c in zip(seed, counts, strict=True)]
+        else:
+            raise ConfigError(f"seed is {seed!r}; accepted: an integer, or one integer per prompt")
         d, m = self.defaults, self.transformer
         guidance = d.guidance if guidance is None else guidance
         if isinstance(m, ARTransformer):
@@ -143,13 +157,14 @@ class Pipeline(EditingMixin):
         else:
             check_sampler_args(steps, guidance, opts["schedule"], opts["guidance_schedule"],
                                opts["temperature"], opts["noise"])
-        cond = m.prepare_text(self.text_encoder.encode(prompts)).repeat(n)
-        uncond = self.uncond().repeat(len(prompts) * n) if guidance > 0 else None
-        return SamplingRun(m, cond, uncond, steps, guidance, opts, torch.Generator().manual_seed(seed))
+        cond = m.prepare_text(self.text_encoder.encode(prompts)).repeat(counts)
+        uncond = self.uncond().repeat(sum(counts)) if guidance > 0 else None
+        return SamplingRun(m, cond, uncond, steps, guidance, opts, generator)
 
     @torch.no_grad()
-    def generate_tokens(self, prompts: str | list[str], n: int = 1, steps: int | None = None,
-                        guidance: float | None = None, seed: int = 0, init: torch.Tensor | None = None,
+    def generate_tokens(self, prompts: str | list[str], n: int | list[int] = 1, steps: int | None = None,
+                        guidance: float | None = None, seed: int | list[int] = 0,
+                        init: torch.Tensor | None = None,
                         **sampler) -> torch.Tensor:
         """Token grids [len(prompts) * n, h, w], prompt-major. `init` (optional, editing): a
         starting canvas [h, w] or [len(prompts) * n, h, w] with MASK where to generate; other
@@ -176,8 +191,8 @@ class Pipeline(EditingMixin):
 
         return [to_pil(im) for im in self.tokenizer.decode(tokens).clamp(-1, 1)]
 
-    def __call__(self, prompts: str | list[str], n: int = 1, steps: int | None = None,
-                 guidance: float | None = None, seed: int = 0, **sampler) -> list[Image.Image]:
+    def __call__(self, prompts: str | list[str], n: int | list[int] = 1, steps: int | None = None,
+                 guidance: float | None = None, seed: int | list[int] = 0, **sampler) -> list[Image.Image]:
         return self.decode(self.generate_tokens(prompts, n, steps, guidance, seed, **sampler))
 
     def save_pretrained(self, folder: str | os.PathLike, card: str | None = None,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import FastMuseError
-from . import data, edit, evaluate, generate, tokenizer, transformer
+from . import data, edit, evaluate, generate, serve, tokenizer, transformer
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 3
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.register(sub)
     edit.register(sub)
     evaluate.register(sub)
+    serve.register(sub)
     return p
 
 

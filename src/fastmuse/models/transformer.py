@@ -75,8 +75,10 @@ class TextContext:
               for i in range(len(parts[0].kv))]
         return TextContext(torch.cat([p.c for p in parts]), kv, torch.cat([pad(p.mask, 3) for p in parts]))
 
-    def repeat(self, n: int) -> TextContext:
-        """Each prompt's context n times in a row (n images per prompt)."""
+    def repeat(self, n: int | list[int]) -> TextContext:
+        """Each prompt's context n times in a row (n images per prompt; or n[i] for prompt i)."""
+        if not isinstance(n, int):
+            n = torch.tensor(n, device=self.c.device)
         return TextContext(self.c.repeat_interleave(n, 0),
                            [(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in self.kv],
                            self.mask.repeat_interleave(n, 0))

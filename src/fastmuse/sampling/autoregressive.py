@@ -13,7 +13,7 @@ import torch
 from ..errors import ConfigError
 from ..models.autoregressive import ARTransformer
 from ..models.transformer import KVCache, TextContext
-from .maskgit import _gumbel, combine_guidance, guidance_context
+from .maskgit import Generators, _gumbel, combine_guidance, guidance_context
 
 
 def check_ar_args(guidance: float, temperature: float, top_k: int) -> None:
@@ -28,7 +28,7 @@ def check_ar_args(guidance: float, temperature: float, top_k: int) -> None:
 @torch.no_grad()
 def ar_sample(model: ARTransformer, cond: TextContext, uncond: TextContext | None = None, *,
               guidance: float = 3.0, temperature: float = 1.0, top_k: int = 0,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: Generators = None) -> torch.Tensor:
     """Text contexts of B rows -> token grids [B, g, g], generated in raster order."""
     check_ar_args(guidance, temperature, top_k)
     b, g = cond.c.shape[0], model.config.grid

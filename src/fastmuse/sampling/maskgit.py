@@ -53,8 +53,17 @@ def check_sampler_args(steps: int, guidance: float, schedule: str, guidance_sche
         raise ConfigError(f"noise is {noise}; accepted: >= 0")
 
 
-def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+# One random stream, or one per consecutive group of rows: (generator, rows). The server
+# batches requests this way, so a request's images do not depend on what it was batched with.
+Generators = torch.Generator | list[tuple[torch.Generator, int]] | None
+
+
+def _gumbel(shape: torch.Size, generator: Generators, device: torch.device) -> torch.Tensor:
+    if isinstance(generator, list):
+        u = torch.cat([torch.rand((rows, *shape[1:]), generator=g, dtype=torch.float32)
+                       for g, rows in generator]).to(device)
+    else:
+        u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
     return -torch.log((-torch.log(u.clamp(1e-20, 1.0))).clamp(min=1e-20))
 
 
@@ -95,7 +104,7 @@ def maskgit_sample(
     guidance_schedule: str = "constant",
     temperature: float = 1.0,
     noise: float = 4.5,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """tokens [B, H, W] with `model.mask_id` where to generate -> completed tokens.
