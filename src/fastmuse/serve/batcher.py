@@ -3,8 +3,9 @@
 Generation requests that arrive within `window_s` of the oldest waiting one and share its
 sampler settings run as ONE sampler batch (up to `max_images` images); each keeps its own
 random stream (Pipeline.sampling with per-prompt seeds) and is decoded on its own, so
-batching does not change a request's images. Other work (edits) runs alone, in arrival order. The queue is bounded
-(`QueueFull` -> 429) and a cancelled job (timeout, client gone) is dropped before it runs.
+batching does not change a request's images. Other work (edits) runs alone, in arrival
+order. The queue is bounded (`QueueFull` -> 429) and a cancelled job (timeout, client gone)
+is dropped before it runs.
 The model never runs on the event loop: results come back through the loop's thread-safe
 callbacks.
 """
