@@ -24,9 +24,9 @@ def cmd_serve(a: argparse.Namespace) -> None:
     if a.host not in ("127.0.0.1", "localhost", "::1") and key is None and not a.no_auth:
         raise ConfigError(f"--host {a.host} exposes the server beyond this machine; set "
                           "FASTMUSE_API_KEY (clients send Authorization: Bearer KEY) or pass --no-auth")
-    settings = ServeSettings(model_name=a.name or Path(a.model).name, api_key=key, max_batch_images=a.max_batch,
-                             batch_window_ms=a.batch_window_ms, max_queue=a.max_queue, timeout_s=a.timeout,
-                             max_n=a.max_n)
+    settings = ServeSettings(model_name=a.name or Path(a.model).name, api_key=key,
+                             max_batch_images=a.max_batch, batch_window_ms=a.batch_window_ms,
+                             max_queue=a.max_queue, timeout_s=a.timeout, max_n=a.max_n)
     app = create_app(Pipeline.from_pretrained(a.model), settings)
     print(f"fastmuse: serving {settings.model_name} on http://{a.host}:{a.port} "
           f"({'API key required' if key else 'no API key'}); web UI at /, API docs at /docs", flush=True)
