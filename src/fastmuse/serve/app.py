@@ -210,7 +210,7 @@ class Server:
         deadline = time.monotonic() + self.s.timeout_s
         try:
             while True:
-                done, _ = await asyncio.wait({job.future}, timeout=0.1)
+                done, _ = await asyncio.wait({job.future}, timeout=1.0)  # a result wakes it at once
                 if done:
                     return job.future.result()
                 if await request.is_disconnected():
