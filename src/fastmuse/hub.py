@@ -193,3 +193,35 @@ def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor]
                 f"{where}: weight {k} has shape {tuple(v.shape)}, the config gives {tuple(own[k].shape)}"
             )
     module.load_state_dict(state, strict=True)
+
+
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def read_diffusers_folder(folder: str | os.PathLike, class_name: str
+                          ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """config.json (which must name `class_name`) and the safetensors weights of a diffusers
+    model folder. Pickle-only folders are refused: their files can run code when loaded."""
+    folder = Path(folder)
+    path = folder / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read a diffusers config ({e})") from None
+    if not isinstance(cfg, dict) or cfg.get("_class_name") != class_name:
+        got = cfg.get("_class_name") if isinstance(cfg, dict) else None
+        raise CheckpointError(f"{path}: _class_name is {got!r}; accepted: {class_name!r}")
+    weights = folder / DIFFUSERS_WEIGHTS
+    if not weights.is_file():
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise CheckpointError(
+                f"{folder}: refusing to load pickle-based weights ({', '.join(pickles)}); where you trust "
+                f"the file, convert it: python -c \"import torch, safetensors.torch as s; "
+                f"s.save_file(torch.load('{folder / pickles[0]}', weights_only=True), "
+                f"'{weights}')\"")
+        raise CheckpointError(f"{folder}: {DIFFUSERS_WEIGHTS} not found")
+    try:
+        return cfg, load_file(str(weights))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad files
+        raise CheckpointError(f"{weights}: unreadable safetensors ({e})") from None

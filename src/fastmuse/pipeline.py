@@ -6,7 +6,8 @@
 
 A model folder is a transformer checkpoint whose config names its image tokenizer and
 text encoder (`tokenizer/` inside the folder wins over the named one) plus `sampler.json`,
-the sampling defaults it was tuned with.
+the sampling defaults it was tuned with; or a diffusers aMUSEd folder (`transformer/`,
+`vqvae/`, `text_encoder/`, `tokenizer/`), loaded into our modules.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import torch
 from PIL import Image
 
 from .editing import EditingMixin
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .hub import resolve
 from .models import ARTransformer, MaskedTransformer, TextContext, load_transformer
+from .models.diffusers_uvit import load_diffusers_uvit
 from .sampling.autoregressive import ar_sample, check_ar_args
 from .sampling.maskgit import Generators, check_sampler_args, maskgit_sample
 from .sampling.windows import fill_windows
@@ -51,6 +53,13 @@ class SamplerDefaults:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
+
+
+# AmusedPipeline's defaults in our sampler's terms: its guidance g is our g - 1 (it guides
+# from the unconditional logits, we from the conditional ones); its confidence temperature
+# (2, 0), linear over steps 0..N-1, is our noise x (1 - (i + 1) / N) with noise = 2N / (N - 1).
+AMUSED_DEFAULTS = SamplerDefaults(steps=12, guidance=9.0, noise=2 * 12 / 11)
+AMUSED_PARTS = ("transformer", "vqvae", "text_encoder")
 
 
 @dataclass
@@ -97,12 +106,27 @@ class Pipeline(EditingMixin):
     def from_pretrained(cls, name_or_dir: str | os.PathLike, text_encoder: TextEncoder | None = None
                         ) -> Pipeline:
         folder = resolve(name_or_dir)
+        if (folder / "transformer").is_dir():
+            return cls._from_amused(folder, text_encoder)
         transformer = load_transformer(folder)
         cfg = transformer.config
         tokenizer = VQTokenizer.from_pretrained(folder / "tokenizer" if (folder / "tokenizer").is_dir()
                                                 else cfg.tokenizer)
-        encoder = text_encoder or load_text_encoder(cfg.text_encoder)
+        inside = folder / cfg.text_encoder  # a converted model carries its encoder (text_encoder/)
+        encoder = text_encoder or load_text_encoder(inside if inside.is_dir() else cfg.text_encoder)
         return cls(transformer, tokenizer, encoder, SamplerDefaults.load(folder))
+
+    @classmethod
+    def _from_amused(cls, folder: Path, text_encoder: TextEncoder | None) -> Pipeline:
+        missing = [c for c in AMUSED_PARTS if not (folder / c).is_dir()]
+        if missing:
+            parts = ", ".join(p + "/" for p in AMUSED_PARTS)
+            raise CheckpointError(f"{folder}: an aMUSEd folder holds {parts} and tokenizer/; "
+                                  f"{missing[0]}/ is missing")
+        tokenizer = VQTokenizer.from_pretrained(folder / "vqvae")
+        transformer = load_diffusers_uvit(folder / "transformer", tokenizer.downsample)
+        return cls(transformer, tokenizer, text_encoder or load_text_encoder(folder / "text_encoder"),
+                   AMUSED_DEFAULTS)
 
     @property
     def resolution(self) -> int:
@@ -181,8 +205,9 @@ class Pipeline(EditingMixin):
         init = init.long().expand(b, *init.shape[-2:]) if init.ndim == 2 else init.long()
         if init.shape[0] != b:
             raise ConfigError(f"init has {init.shape[0]} rows; accepted: 1 or {b} (prompts x n)")
-        if init.min() < 0 or init.max() > k:
-            raise ConfigError(f"init holds ids outside 0..{k} (codes 0..{k - 1}, MASK = {k})")
+        mask_id = self.transformer.mask_id
+        if init.min() < 0 or bool(((init >= k) & (init != mask_id)).any()):
+            raise ConfigError(f"init holds ids outside the codes 0..{k - 1} and MASK ({mask_id})")
         return init
 
     @torch.no_grad()

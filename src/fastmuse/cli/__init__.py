@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import FastMuseError
-from . import data, edit, evaluate, generate, serve, tokenizer, transformer
+from . import convert, data, edit, evaluate, generate, serve, tokenizer, transformer
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 3
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.register(sub)
     evaluate.register(sub)
     serve.register(sub)
+    convert.register(sub)
     return p
 
 

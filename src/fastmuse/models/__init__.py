@@ -5,9 +5,11 @@ from ..errors import CheckpointError
 from ..hub import CONFIG_NAME, resolve
 from .autoregressive import ARTransformer, ARTransformerConfig
 from .transformer import MaskedTransformer, MaskedTransformerConfig, TextContext
+from .uvit import UViT, UViTConfig
 
-TRANSFORMERS: dict[str, type[MaskedTransformer]] = {MaskedTransformerConfig.kind: MaskedTransformer,
-                                                    ARTransformerConfig.kind: ARTransformer}
+TRANSFORMERS: dict[str, type[MaskedTransformer | UViT]] = {MaskedTransformerConfig.kind: MaskedTransformer,
+                                                           ARTransformerConfig.kind: ARTransformer,
+                                                           UViTConfig.kind: UViT}
 
 
 def transformer_kind(name_or_dir: str | os.PathLike) -> str:
@@ -28,4 +30,4 @@ def load_transformer(name_or_dir: str | os.PathLike) -> MaskedTransformer:
 
 
 __all__ = ["ARTransformer", "ARTransformerConfig", "MaskedTransformer", "MaskedTransformerConfig",
-           "TextContext", "TRANSFORMERS", "load_transformer", "transformer_kind"]
+           "TextContext", "TRANSFORMERS", "UViT", "UViTConfig", "load_transformer", "transformer_kind"]

@@ -11,13 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
-
 from ..errors import CheckpointError, ConfigError
-from ..hub import PICKLE_SUFFIXES, load_state_strict
+from ..hub import load_state_strict, read_diffusers_folder
 from .model import VQConfig, VQTokenizer
 
-WEIGHTS = "diffusion_pytorch_model.safetensors"
 # keys diffusers accepts but that do not change the network
 IGNORED = {"_class_name", "_diffusers_version", "_name_or_path", "sample_size", "scaling_factor",
            "lookup_from_codebook", "force_upcast"}
@@ -74,23 +71,11 @@ def config_from_diffusers(cfg: dict[str, Any], pixel_range: str = "0..1") -> VQC
 
 def load_diffusers_vq(folder: str | Path, pixel_range: str = "0..1") -> VQTokenizer:
     folder = Path(folder)
-    cfg = read_diffusers_config(folder)
-    if cfg is None:
-        raise CheckpointError(f"{folder}: no diffusers VQModel config.json")
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
-        if pickles:
-            raise CheckpointError(f"{folder}: refusing to load pickle-based weights "
-                                  f"({', '.join(pickles)}); convert them to safetensors")
-        raise CheckpointError(f"{folder}: {WEIGHTS} not found")
+    cfg, state = read_diffusers_folder(folder, "VQModel")
     try:
         config = config_from_diffusers(cfg, pixel_range)
-        state = load_file(str(weights))
     except ConfigError as e:
         raise CheckpointError(f"{folder}: {e}") from None
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad files
-        raise CheckpointError(f"{weights}: unreadable safetensors ({e})") from None
     for old, new in OLD_ATTENTION.items():
         state = {k.replace(old, new): v for k, v in state.items()}
     model = VQTokenizer(config)

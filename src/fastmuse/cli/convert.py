@@ -1,0 +1,39 @@
+"""`fastmuse convert` and `fastmuse export`: public checkpoint formats in and out."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_convert(a: argparse.Namespace) -> None:
+    from ..convert import convert_amused
+
+    print(f"fastmuse: wrote {convert_amused(a.src, a.out)} (load it with --model {a.out})")
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from ..convert import export_amused
+
+    print(f"fastmuse: wrote {export_amused(a.model, a.out)} "
+          "(diffusers: AmusedPipeline.from_pretrained(that folder))")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert an aMUSEd (diffusers) folder to fastmuse's format",
+                       description="Read an aMUSEd folder (transformer/ UVit2DModel, vqvae/ VQModel, "
+                                   "text_encoder/ CLIP, tokenizer/) and write one fastmuse model folder "
+                                   "(safetensors + manifest; weights unchanged). Pickle-only weights are "
+                                   "refused with the command that converts them where you trust the file.")
+    p.add_argument("src", help="the aMUSEd folder")
+    p.add_argument("out", help="the fastmuse model folder to write (written atomically)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="write a model in another format (diffusers aMUSEd)",
+                       description="Write a fastmuse U-ViT model (one converted from aMUSEd, or trained as "
+                                   "one) as an aMUSEd folder that diffusers' AmusedPipeline loads.")
+    p.add_argument("model", help="fastmuse model folder")
+    p.add_argument("out", help="the folder to write (written atomically)")
+    p.add_argument("--format", choices=["diffusers"], default="diffusers",
+                   help="diffusers: model_index.json + transformer/ vqvae/ text_encoder/ tokenizer/ "
+                        "scheduler/ (the only format so far)")
+    p.set_defaults(func=cmd_export)
