@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from tokenizer_speed import cpu_flags, timed  # noqa: I001 - sibling script
 
-from fastmuse.models.diffusers_uvit import uvit_config_from_diffusers
+from fastmuse.models.from_diffusers import config_from_diffusers as transformer_config
 from fastmuse.models.uvit import UViT
-from fastmuse.pipeline import AMUSED_DEFAULTS, Pipeline
+from fastmuse.pipeline import REFERENCE_DEFAULTS, Pipeline
 from fastmuse.text.encoders import TextEncoder
 from fastmuse.tokenizer import VQTokenizer
 from fastmuse.tokenizer.diffusers_vq import config_from_diffusers
@@ -78,10 +78,10 @@ def fastmuse_pipeline(ref) -> Pipeline:
     """The same tensors in fastmuse's modules (what Pipeline.from_pretrained does from a folder)."""
     vq = VQTokenizer(config_from_diffusers(dict(ref.vqvae.config)))
     vq.load_state_dict(ref.vqvae.state_dict())
-    uvit = UViT(uvit_config_from_diffusers(dict(ref.transformer.config), vq.downsample))
+    uvit = UViT(transformer_config(UViT, dict(ref.transformer.config), vq.downsample))
     uvit.load_state_dict(ref.transformer.state_dict())
     text = TextEncoder(ref.text_encoder, ref.tokenizer, "clip", "clip-l", 77)
-    return Pipeline(uvit, vq, text, AMUSED_DEFAULTS)
+    return Pipeline(uvit, vq, text, REFERENCE_DEFAULTS["UViT"])
 
 
 @torch.no_grad()

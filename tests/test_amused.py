@@ -1,16 +1,23 @@
-"""aMUSEd folders: tiny random checkpoints built and saved by diffusers/transformers themselves,
-loaded into our modules; logits, sampling and errors checked against the reference."""
+"""aMUSEd and Meissonic folders: tiny random checkpoints built and saved by diffusers/transformers
+themselves, loaded into our modules; logits, sampling, conversion and errors checked against
+the reference."""
 
 import json
+import shutil
 
 import pytest
 import torch
+from safetensors.torch import save_file
+from transformers import AutoTokenizer, CLIPTextModelWithProjection
 
+from fastmuse.convert import convert_public, export_amused
 from fastmuse.errors import CheckpointError
-from fastmuse.models.diffusers_uvit import load_diffusers_uvit
+from fastmuse.models import MMDiT, MMDiTConfig
+from fastmuse.models.from_diffusers import load_diffusers_transformer
 from fastmuse.pipeline import Pipeline
 from fastmuse.text.encoders import TextEmbedding
-from helpers import tiny_text_encoder
+from helpers import tiny_pipeline, tiny_text_encoder
+from test_tokenizer_diffusers import tiny_vqmodel
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -36,7 +43,7 @@ def tiny_uvit(downsample: bool = False, use_bias: bool = False, text_dim: int = 
 def test_logits_match_diffusers(tmp_path, downsample, use_bias):
     ref = tiny_uvit(downsample, use_bias)
     ref.save_pretrained(tmp_path)
-    ours = load_diffusers_uvit(tmp_path, downsampling=4)
+    ours = load_diffusers_transformer(tmp_path, downsampling=4)
     assert ours.config.grid == 8 and ours.mask_id == VOCAB - 1 and ours.config.resolution == 32
     ids = torch.randint(0, CODES, (3, 8, 8))
     ids[:, :3] = ours.mask_id
@@ -53,9 +60,7 @@ def test_logits_match_diffusers(tmp_path, downsample, use_bias):
 
 def amused_folder(root):
     """A tiny aMUSEd pipeline saved by diffusers: CLIP text + U-ViT + VQ-GAN + scheduler."""
-    from transformers import AutoTokenizer, CLIPTextModelWithProjection
 
-    from test_tokenizer_diffusers import tiny_vqmodel
 
     text_dir = tiny_text_encoder(root / "src_text", "clip")
     pipe = diffusers.AmusedPipeline(
@@ -113,7 +118,6 @@ def test_pipeline_generates_and_inpaints(tmp_path):
 
 def test_folder_errors(tmp_path):
     _, folder = amused_folder(tmp_path)
-    import shutil
 
     shutil.rmtree(folder / "vqvae")
     with pytest.raises(CheckpointError, match="vqvae/ is missing"):
@@ -122,19 +126,19 @@ def test_folder_errors(tmp_path):
     ref = tiny_uvit()
     ref.save_pretrained(tmp_path / "pickled", safe_serialization=False)
     with pytest.raises(CheckpointError, match="refusing to load pickle.*weights_only=True"):
-        load_diffusers_uvit(tmp_path / "pickled")
+        load_diffusers_transformer(tmp_path / "pickled")
 
     ref.save_pretrained(tmp_path / "odd")
     cfg = json.loads((tmp_path / "odd/config.json").read_text())
     (tmp_path / "odd/config.json").write_text(json.dumps({**cfg, "qk_norm": True}))
     with pytest.raises(CheckpointError, match="'qk_norm' is not one fastmuse knows"):
-        load_diffusers_uvit(tmp_path / "odd")
+        load_diffusers_transformer(tmp_path / "odd")
     (tmp_path / "odd/config.json").write_text(json.dumps({**cfg, "_class_name": "UNet2DModel"}))
     with pytest.raises(CheckpointError, match="_class_name is 'UNet2DModel'; accepted: 'UVit2DModel'"):
-        load_diffusers_uvit(tmp_path / "odd")
+        load_diffusers_transformer(tmp_path / "odd")
 
     tiny_uvit(text_dim=16).save_pretrained(tmp_path / "narrow")
-    narrow = load_diffusers_uvit(tmp_path / "narrow", downsampling=4)
+    narrow = load_diffusers_transformer(tmp_path / "narrow", downsampling=4)
     with pytest.raises(Exception, match="encoder_hidden_size 16"):
         narrow.prepare_text(TextEmbedding(torch.randn(1, 5, 32), torch.randn(1, 24), torch.ones(1, 5).bool()))
 
@@ -142,10 +146,9 @@ def test_folder_errors(tmp_path):
 def test_convert_export_round_trip(tmp_path):
     """aMUSEd folder -> fastmuse folder -> aMUSEd folder: diffusers loads the result and computes
     the same logits and images; the converted folder generates what the source does."""
-    from fastmuse.convert import convert_amused, export_amused
 
     ref, folder = amused_folder(tmp_path)
-    convert_amused(folder, tmp_path / "ours")
+    convert_public(folder, tmp_path / "ours")
     assert Pipeline.from_pretrained(tmp_path / "ours")("red heart", seed=3)[0].tobytes() == \
         Pipeline.from_pretrained(folder)("red heart", seed=3)[0].tobytes()
     export_amused(tmp_path / "ours", tmp_path / "back")
@@ -163,8 +166,35 @@ def test_convert_export_round_trip(tmp_path):
 
 
 def test_export_refuses_other_models(tmp_path):
-    from fastmuse.convert import export_amused
-    from helpers import tiny_pipeline
-
     with pytest.raises(CheckpointError, match="hold a U-ViT transformer"):
         export_amused(tiny_pipeline(tmp_path / "tiny"), tmp_path / "out")
+
+
+def test_meissonic_folder_generates_and_converts(tmp_path):
+    """A Meissonic-layout folder (transformer/ Transformer2DModel, vqvae/, text_encoder/,
+    tokenizer/) runs through the same Pipeline entry point, with Meissonic's defaults."""
+
+    text_dir = tiny_text_encoder(tmp_path / "text", "clip")  # hidden 32, pooled 24
+    folder = tmp_path / "meissonic"
+    tiny_vqmodel(False).save_pretrained(folder / "vqvae")  # f4, 32 codes
+    cfg = MMDiTConfig(num_layers=1, num_single_layers=2, attention_head_dim=12, num_attention_heads=2,
+                      joint_attention_dim=32, pooled_projection_dim=24, axes_dims_rope=(4, 4, 4),
+                      vocab_size=VOCAB, codebook_size=CODES, sample_size=8)
+    torch.manual_seed(0)
+    model = MMDiT(cfg)
+    (folder / "transformer").mkdir()
+    keys = ("patch_size", "in_channels", "num_layers", "num_single_layers", "attention_head_dim",
+            "num_attention_heads", "joint_attention_dim", "pooled_projection_dim", "guidance_embeds",
+            "axes_dims_rope", "vocab_size", "codebook_size", "downsample", "upsample", "sample_size")
+    (folder / "transformer/config.json").write_text(json.dumps(
+        {"_class_name": "Transformer2DModel", **{k: getattr(cfg, k) for k in keys}}))
+    save_file(model.state_dict(), str(folder / "transformer/diffusion_pytorch_model.safetensors"))
+    shutil.copytree(text_dir, folder / "text_encoder")
+    pipe = Pipeline.from_pretrained(folder)
+    assert isinstance(pipe.transformer, MMDiT) and pipe.resolution == 32
+    assert (pipe.defaults.steps, pipe.defaults.guidance) == (48, 8.0)
+    images = pipe("red heart", n=2, steps=4, seed=0)
+    assert len(images) == 2 and images[0].size == (32, 32)
+    convert_public(folder, tmp_path / "ours")
+    assert Pipeline.from_pretrained(tmp_path / "ours")("red heart", n=2, steps=4, seed=0)[1].tobytes() == \
+        images[1].tobytes()

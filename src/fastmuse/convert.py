@@ -1,9 +1,10 @@
-"""Public checkpoints in and out: aMUSEd (diffusers) folders <-> fastmuse model folders.
+"""Public checkpoints in and out: aMUSEd / Meissonic folders <-> fastmuse model folders.
 
-    convert_amused(SRC, OUT)   aMUSEd folder -> our format: the U-ViT transformer (config.json
-                               kind "uvit" + model.safetensors + manifest), tokenizer/ (the
-                               VQ-GAN as our VQTokenizer), text_encoder/ (the CLIP text model
-                               and its tokenizer files), sampler.json (aMUSEd's defaults)
+    convert_public(SRC, OUT)   aMUSEd or Meissonic folder -> our format: the transformer
+                               (config.json kind "uvit" / "mmdit" + model.safetensors +
+                               manifest), tokenizer/ (the VQ-GAN as our VQTokenizer),
+                               text_encoder/ (the CLIP text model and its tokenizer files),
+                               sampler.json (the reference's sampling defaults)
     export_amused(MODEL, OUT)  the reverse: a folder diffusers' AmusedPipeline loads
 
 Weights keep their names both ways (models/uvit.py and tokenizer/model.py use diffusers'
@@ -44,8 +45,9 @@ def _text_files(folder: Path) -> dict[str, bytes]:
             if p.is_file() and p.suffix in TEXT_FILES}
 
 
-def convert_amused(src: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """aMUSEd folder -> fastmuse model folder (loads it fully first: a broken source fails here)."""
+def convert_public(src: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """aMUSEd or Meissonic folder -> fastmuse model folder (loaded fully first: a broken source
+    fails here, before anything is written)."""
     src = Path(src)
     pipe = Pipeline.from_pretrained(src)
     files = {f"text_encoder/{k}": v for k, v in _text_files(src / "text_encoder").items()}
@@ -54,8 +56,9 @@ def convert_amused(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         files.update(_folder_files(pipe.tokenizer.save_pretrained(Path(tmp) / "vq"), "tokenizer"))
     cfg = pipe.transformer.config
-    card = (f"# {src.name} (converted from aMUSEd)\n\nConverted by `fastmuse convert {src} {out}`: "
-            f"U-ViT transformer ({sum(p.numel() for p in pipe.transformer.parameters()) / 1e6:.0f}M "
+    arch = "U-ViT (aMUSEd)" if isinstance(pipe.transformer, UViT) else "MMDiT (Meissonic)"
+    card = (f"# {src.name} (converted)\n\nConverted by `fastmuse convert {src} {out}`: "
+            f"{arch} transformer ({sum(p.numel() for p in pipe.transformer.parameters()) / 1e6:.0f}M "
             f"parameters, {cfg.grid}x{cfg.grid} tokens, {cfg.resolution} px), VQ-GAN in tokenizer/, "
             "CLIP text encoder in text_encoder/. Weights unchanged; licence: the source's.\n")
     return pipe.save_pretrained(out, card, files)

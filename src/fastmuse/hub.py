@@ -198,19 +198,21 @@ def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor]
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
-def read_diffusers_folder(folder: str | os.PathLike, class_name: str
+def read_diffusers_folder(folder: str | os.PathLike, class_names: str | tuple[str, ...]
                           ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """config.json (which must name `class_name`) and the safetensors weights of a diffusers
-    model folder. Pickle-only folders are refused: their files can run code when loaded."""
+    """config.json (whose _class_name must be one of `class_names`) and the safetensors weights
+    of a diffusers model folder. Pickle-only folders are refused: their files can run code."""
+    class_names = (class_names,) if isinstance(class_names, str) else class_names
     folder = Path(folder)
     path = folder / "config.json"
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: cannot read a diffusers config ({e})") from None
-    if not isinstance(cfg, dict) or cfg.get("_class_name") != class_name:
+    if not isinstance(cfg, dict) or cfg.get("_class_name") not in class_names:
         got = cfg.get("_class_name") if isinstance(cfg, dict) else None
-        raise CheckpointError(f"{path}: _class_name is {got!r}; accepted: {class_name!r}")
+        accepted = " or ".join(map(repr, class_names))
+        raise CheckpointError(f"{path}: _class_name is {got!r}; accepted: {accepted}")
     weights = folder / DIFFUSERS_WEIGHTS
     if not weights.is_file():
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)

@@ -24,7 +24,7 @@ from .editing import EditingMixin
 from .errors import CheckpointError, ConfigError
 from .hub import resolve
 from .models import ARTransformer, MaskedTransformer, TextContext, load_transformer
-from .models.diffusers_uvit import load_diffusers_uvit
+from .models.from_diffusers import load_diffusers_transformer
 from .sampling.autoregressive import ar_sample, check_ar_args
 from .sampling.maskgit import Generators, check_sampler_args, maskgit_sample
 from .sampling.windows import fill_windows
@@ -55,11 +55,17 @@ class SamplerDefaults:
         return json.dumps(asdict(self), indent=2) + "\n"
 
 
-# AmusedPipeline's defaults in our sampler's terms: its guidance g is our g - 1 (it guides
-# from the unconditional logits, we from the conditional ones); its confidence temperature
-# (2, 0), linear over steps 0..N-1, is our noise x (1 - (i + 1) / N) with noise = 2N / (N - 1).
-AMUSED_DEFAULTS = SamplerDefaults(steps=12, guidance=9.0, noise=2 * 12 / 11)
-AMUSED_PARTS = ("transformer", "vqvae", "text_encoder")
+def reference_defaults(steps: int, guidance: float) -> SamplerDefaults:
+    """The aMUSEd / Meissonic pipelines' sampling settings in our sampler's terms: their guidance
+    g is our g - 1 (they guide from the unconditional logits, we from the conditional ones);
+    their confidence temperature (2, 0), linear over steps 0..N-1, is our noise x (1 - (i+1)/N)
+    with noise = 2N / (N - 1)."""
+    return SamplerDefaults(steps=steps, guidance=guidance - 1, noise=2 * steps / (steps - 1))
+
+
+# defaults of the reference code: AmusedPipeline's arguments; Meissonic's inference.py
+REFERENCE_DEFAULTS = {"UViT": reference_defaults(12, 10.0), "MMDiT": reference_defaults(48, 9.0)}
+DIFFUSERS_PARTS = ("transformer", "vqvae", "text_encoder")
 
 
 @dataclass
@@ -107,7 +113,7 @@ class Pipeline(EditingMixin):
                         ) -> Pipeline:
         folder = resolve(name_or_dir)
         if (folder / "transformer").is_dir():
-            return cls._from_amused(folder, text_encoder)
+            return cls._from_diffusers(folder, text_encoder)
         transformer = load_transformer(folder)
         cfg = transformer.config
         tokenizer = VQTokenizer.from_pretrained(folder / "tokenizer" if (folder / "tokenizer").is_dir()
@@ -117,16 +123,17 @@ class Pipeline(EditingMixin):
         return cls(transformer, tokenizer, encoder, SamplerDefaults.load(folder))
 
     @classmethod
-    def _from_amused(cls, folder: Path, text_encoder: TextEncoder | None) -> Pipeline:
-        missing = [c for c in AMUSED_PARTS if not (folder / c).is_dir()]
+    def _from_diffusers(cls, folder: Path, text_encoder: TextEncoder | None) -> Pipeline:
+        """An aMUSEd or Meissonic folder as the reference code writes it."""
+        missing = [c for c in DIFFUSERS_PARTS if not (folder / c).is_dir()]
         if missing:
-            parts = ", ".join(p + "/" for p in AMUSED_PARTS)
-            raise CheckpointError(f"{folder}: an aMUSEd folder holds {parts} and tokenizer/; "
+            parts = ", ".join(p + "/" for p in DIFFUSERS_PARTS)
+            raise CheckpointError(f"{folder}: an aMUSEd or Meissonic folder holds {parts} and tokenizer/; "
                                   f"{missing[0]}/ is missing")
         tokenizer = VQTokenizer.from_pretrained(folder / "vqvae")
-        transformer = load_diffusers_uvit(folder / "transformer", tokenizer.downsample)
+        transformer = load_diffusers_transformer(folder / "transformer", tokenizer.downsample)
         return cls(transformer, tokenizer, text_encoder or load_text_encoder(folder / "text_encoder"),
-                   AMUSED_DEFAULTS)
+                   REFERENCE_DEFAULTS[type(transformer).__name__])
 
     @property
     def resolution(self) -> int:

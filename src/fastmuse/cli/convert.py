@@ -6,9 +6,9 @@ import argparse
 
 
 def cmd_convert(a: argparse.Namespace) -> None:
-    from ..convert import convert_amused
+    from ..convert import convert_public
 
-    print(f"fastmuse: wrote {convert_amused(a.src, a.out)} (load it with --model {a.out})")
+    print(f"fastmuse: wrote {convert_public(a.src, a.out)} (load it with --model {a.out})")
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -19,12 +19,13 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert an aMUSEd (diffusers) folder to fastmuse's format",
-                       description="Read an aMUSEd folder (transformer/ UVit2DModel, vqvae/ VQModel, "
-                                   "text_encoder/ CLIP, tokenizer/) and write one fastmuse model folder "
+    p = sub.add_parser("convert", help="convert an aMUSEd or Meissonic folder to fastmuse's format",
+                       description="Read an aMUSEd or Meissonic folder (transformer/ UVit2DModel or "
+                                   "Transformer2DModel, vqvae/ VQModel, text_encoder/ CLIP, tokenizer/) "
+                                   "and write one fastmuse model folder "
                                    "(safetensors + manifest; weights unchanged). Pickle-only weights are "
                                    "refused with the command that converts them where you trust the file.")
-    p.add_argument("src", help="the aMUSEd folder")
+    p.add_argument("src", help="the aMUSEd or Meissonic folder")
     p.add_argument("out", help="the fastmuse model folder to write (written atomically)")
     p.set_defaults(func=cmd_convert)
 

@@ -4,16 +4,19 @@ import os
 from ..errors import CheckpointError
 from ..hub import CONFIG_NAME, resolve
 from .autoregressive import ARTransformer, ARTransformerConfig
+from .mmdit import MMDiT, MMDiTConfig
 from .transformer import MaskedTransformer, MaskedTransformerConfig, TextContext
 from .uvit import UViT, UViTConfig
 
-TRANSFORMERS: dict[str, type[MaskedTransformer | UViT]] = {MaskedTransformerConfig.kind: MaskedTransformer,
-                                                           ARTransformerConfig.kind: ARTransformer,
-                                                           UViTConfig.kind: UViT}
+Transformer = MaskedTransformer | UViT | MMDiT  # what a pipeline samples from
+TRANSFORMERS: dict[str, type[Transformer]] = {
+    MaskedTransformerConfig.kind: MaskedTransformer, ARTransformerConfig.kind: ARTransformer,
+    UViTConfig.kind: UViT, MMDiTConfig.kind: MMDiT}
 
 
 def transformer_kind(name_or_dir: str | os.PathLike) -> str:
-    """The `kind` a transformer folder's config.json names (masked_transformer, ar_transformer)."""
+    """The `kind` a transformer folder's config.json names (masked_transformer, ar_transformer,
+    uvit, mmdit)."""
     path = resolve(name_or_dir) / CONFIG_NAME
     try:
         kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
@@ -25,9 +28,10 @@ def transformer_kind(name_or_dir: str | os.PathLike) -> str:
 
 
 def load_transformer(name_or_dir: str | os.PathLike) -> MaskedTransformer:
-    """A masked or autoregressive transformer, whichever the folder holds."""
+    """A masked, autoregressive, U-ViT or MMDiT transformer, whichever the folder holds."""
     return TRANSFORMERS[transformer_kind(name_or_dir)].from_pretrained(name_or_dir)
 
 
 __all__ = ["ARTransformer", "ARTransformerConfig", "MaskedTransformer", "MaskedTransformerConfig",
-           "TextContext", "TRANSFORMERS", "UViT", "UViTConfig", "load_transformer", "transformer_kind"]
+           "MMDiT", "MMDiTConfig", "TextContext", "Transformer", "TRANSFORMERS", "UViT", "UViTConfig",
+           "load_transformer", "transformer_kind"]

@@ -12,7 +12,7 @@
     micro-conditions: original width, height, crop x, crop y, aesthetic score
 
 Parameter names are diffusers', so an aMUSEd `transformer/` folder's state dict loads with
-the identity key table (models/diffusers_uvit.py reads the folder). As in our own transformer,
+the identity key table (models/from_diffusers.py reads the folder). As in our own transformer,
 `prepare_text` computes every cross-attention's keys/values once per prompt, and the
 sampler reuses them at every step.
 """
