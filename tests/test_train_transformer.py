@@ -1,6 +1,7 @@
 """Masked-transformer training: runs, logs, resumes exactly, DDP ranks agree."""
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import torch
 from fastmuse.data.tokens import TokenData
 from fastmuse.errors import ConfigError, DataError
 from fastmuse.hub import load_checkpoint
-from fastmuse.models import MaskedTransformer, MaskedTransformerConfig
+from fastmuse.models import MaskedTransformer, MaskedTransformerConfig, MMDiTConfig, UViTConfig
 from fastmuse.train.masked import TransformerTrainConfig, random_mask, train_transformer, weights_checksum
 from helpers import tiny_dataset, tiny_text_encoder, tiny_tokenizer
 
@@ -139,3 +140,47 @@ def test_export_and_eval(parts, tmp_path, capsys):
     ev = json.loads(capsys.readouterr().out)
     exported = json.loads((tmp_path / "m/eval.json").read_text())
     assert ev["with_captions"] == exported["with_captions"]  # the card's figures rerun exactly
+
+
+@pytest.mark.parametrize("model", [
+    UViTConfig(hidden_size=32, cond_embed_dim=32, micro_cond_encode_dim=4, micro_cond_embed_dim=20,
+               in_channels=12, block_out_channels=16, num_res_blocks=1, block_num_heads=2,
+               num_hidden_layers=2, num_attention_heads=4, intermediate_size=40, downsample=True,
+               upsample=True, resolution=32, micro_conds=(32.0, 32.0, 0.0, 0.0, 6.0)),
+    MMDiTConfig(num_layers=1, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+                pooled_projection_dim=32, axes_dims_rope=(4, 6, 6), resolution=32,
+                micro_conds=(32.0, 32.0, 0.0, 0.0, 6.0)),
+], ids=["uvit", "mmdit"])
+def test_public_architectures_train_and_export(parts, tmp_path, model):
+    """aMUSEd's U-ViT and Meissonic's MMDiT train on our data with the same trainer, resume
+    exactly, export with a card and generate."""
+    from fastmuse.cli import main
+    from fastmuse.pipeline import Pipeline
+
+    cfg = cfg_for(parts, model=model)
+    train_transformer(cfg, tmp_path / "a")
+    train_transformer(cfg, tmp_path / "b", stop_at=2)
+    train_transformer(cfg, tmp_path / "b", resume=True)
+    wa, wb = (load_checkpoint(tmp_path / f"{r}/checkpoints/step-000004").weights("model") for r in "ab")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    logs = [json.loads(x) for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in logs if "loss" in r)
+    assert main(["transformer", "export", "--run", str(tmp_path / "a"), "--out", str(tmp_path / "m")]) == 0
+    assert model.describe().split(":")[0] in (tmp_path / "m/README.md").read_text()
+    pipe = Pipeline.from_pretrained(tmp_path / "m")
+    assert pipe.transformer.config.grid == 16 and pipe("a red square", steps=2)[0].size == (32, 32)
+
+
+def test_architecture_that_does_not_fit_the_encoder(parts, tmp_path):
+    # MMDiT reads the pooled text as its width: 2 x 8 = 16 is not the tiny encoder's 32
+    model = MMDiTConfig(num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+                        pooled_projection_dim=16, axes_dims_rope=(2, 2, 4), resolution=32)
+    with pytest.raises(ConfigError, match="model \\(mmdit\\).*pooled_projection_dim"):
+        train_transformer(cfg_for(parts, model=model), tmp_path / "run")
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("configs/*-128.json")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = TransformerTrainConfig.load(path)
+    assert cfg.model.resolution == 128 and cfg.text_encoder == cfg.model.text_encoder == "minilm"

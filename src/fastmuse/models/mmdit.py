@@ -157,6 +157,21 @@ class MMDiTConfig(Config):
     def pooled_dim(self) -> int:
         return self.pooled_projection_dim
 
+    def for_data(self, codebook_size: int, grid: int, text_dim: int, pooled_dim: int, text_encoder: str,
+                 tokenizer: str) -> MMDiTConfig:
+        """This architecture sized for a tokenizer's codes and grid and a text encoder's widths
+        (the pooled text must be as wide as the model: heads x head_dim)."""
+        return self.replace(codebook_size=codebook_size, vocab_size=codebook_size + 1, sample_size=grid,
+                            joint_attention_dim=text_dim, pooled_projection_dim=pooled_dim,
+                            text_encoder=text_encoder, tokenizer=tokenizer)
+
+    def describe(self) -> str:
+        """One markdown line for model cards."""
+        compression = ", 2x token compression" if self.downsample else ""
+        return (f"Meissonic MMDiT: width {self.width} ({self.num_attention_heads} heads x "
+                f"{self.attention_head_dim}), {self.num_layers} double-stream + {self.num_single_layers} "
+                f"single-stream blocks, 2D rotary positions{compression}")
+
 
 # -- timestep -----------------------------------------------------------------------------------
 

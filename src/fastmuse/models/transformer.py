@@ -52,6 +52,18 @@ class MaskedTransformerConfig(Config):
     def mask_id(self) -> int:
         return self.codebook_size
 
+    def for_data(self, codebook_size: int, grid: int, text_dim: int, pooled_dim: int, text_encoder: str,
+                 tokenizer: str) -> MaskedTransformerConfig:
+        """This architecture sized for a tokenizer's codes and grid and a text encoder's widths."""
+        return self.replace(codebook_size=codebook_size, grid=grid, text_dim=text_dim, pooled_dim=pooled_dim,
+                            text_encoder=text_encoder, tokenizer=tokenizer)
+
+    def describe(self) -> str:
+        """One markdown line for model cards."""
+        return (f"dim {self.dim}, depth {self.depth}, heads {self.heads}, MLP x{self.mlp_ratio}; "
+                "self-attention + cross-attention to the text states + MLP per block, adaLN-Zero "
+                "modulation from the pooled text; learned row + column position embeddings")
+
 
 @dataclass
 class TextContext:

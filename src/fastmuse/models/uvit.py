@@ -99,6 +99,19 @@ class UViTConfig(Config):
     def pooled_dim(self) -> int:
         return self.cond_embed_dim
 
+    def for_data(self, codebook_size: int, grid: int, text_dim: int, pooled_dim: int, text_encoder: str,
+                 tokenizer: str) -> UViTConfig:
+        """This architecture sized for a tokenizer's codes and grid and a text encoder's widths."""
+        return self.replace(codebook_size=codebook_size, vocab_size=codebook_size + 1, sample_size=grid,
+                            encoder_hidden_size=text_dim, cond_embed_dim=pooled_dim,
+                            text_encoder=text_encoder, tokenizer=tokenizer)
+
+    def describe(self) -> str:
+        """One markdown line for model cards."""
+        return (f"aMUSEd U-ViT: width {self.hidden_size}, {self.num_hidden_layers} adaptive-norm transformer "
+                f"layers between ConvNeXt + cross-attention blocks of {self.block_out_channels} channels "
+                f"(x{self.num_res_blocks}){', 2x down/up sampling' if self.downsample else ''}")
+
 
 def sinusoid(values: torch.Tensor, dim: int) -> torch.Tensor:
     """values [N] -> [N, dim]: cos then sin at frequencies 10000^(-i / (dim/2))."""

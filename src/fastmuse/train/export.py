@@ -94,9 +94,7 @@ Prompts above (seed 0, {d.steps} steps, guidance {d.guidance}, {d.schedule} sche
 `fastmuse generate {' '.join(repr(p) for p in CARD_PROMPTS[:2])} ... --n 4 --seed 0 --model {name}`.
 
 ## Model
-- {params / 1e6:.1f}M parameters: dim {mc.dim}, depth {mc.depth}, heads {mc.heads}, MLP x{mc.mlp_ratio};
-  self-attention + cross-attention to the text states + MLP per block, adaLN-Zero modulation from
-  the pooled text; learned row + column position embeddings; {mc.codebook_size}-way logits (+1 {extra_id} id).
+- {params / 1e6:.1f}M parameters: {mc.describe()}; {mc.codebook_size}-way logits (+1 {extra_id} id).
 - Text encoder: `{mc.text_encoder}` ({mc.text_dim}-d token states, {mc.pooled_dim}-d pooled), frozen.
 - Image tokenizer: `{mc.tokenizer}`, frozen.
 - Sampling defaults (`sampler.json`): {json.dumps(vars(d))}.

@@ -28,8 +28,9 @@ from ..config import Config, check_range
 from ..data.images import make_grid, to_pil
 from ..data.tokens import TokenData, TokenSplit, build_token_data
 from ..errors import ConfigError
+from ..models import TRANSFORMERS, MMDiTConfig, Transformer, UViTConfig
 from ..models.autoregressive import ARTransformer, ARTransformerConfig
-from ..models.transformer import MaskedTransformer, MaskedTransformerConfig
+from ..models.transformer import MaskedTransformerConfig
 from ..sampling.autoregressive import ar_sample
 from ..sampling.maskgit import maskgit_sample
 from ..text.cache import EmbeddingCache
@@ -46,7 +47,8 @@ SAMPLE_PROMPTS = ("red heart", "smiling face with sunglasses", "pizza", "a blue 
 @dataclass
 class TransformerTrainConfig(Config):
     kind = "train_transformer"
-    model: MaskedTransformerConfig | ARTransformerConfig = field(default_factory=MaskedTransformerConfig)
+    model: MaskedTransformerConfig | ARTransformerConfig | UViTConfig | MMDiTConfig = field(
+        default_factory=MaskedTransformerConfig)
     data: tuple[str, ...] = ("data/emoji", "shapes:0")  # folders / shards / shapes:SEED
     repeats: tuple[int, ...] = (1, 1)  # per source: times its samples appear per epoch
     shapes_train: int = 8000  # scenes taken from each shapes:SEED stream
@@ -144,7 +146,7 @@ def loss_inputs(tokens: torch.Tensor, mcfg: MaskedTransformerConfig,
 
 
 @torch.no_grad()
-def evaluate_masked(model: MaskedTransformer, split: TokenSplit, captions: EmbeddingCache,
+def evaluate_masked(model: Transformer, split: TokenSplit, captions: EmbeddingCache,
                     groups: dict[str, range], batch_size: int = 64, seed: int = 1234,
                     caption_row: int | None = None) -> dict[str, float]:
     """Held-out masked-token loss/accuracy with fixed masks (same every call), per group and
@@ -183,7 +185,7 @@ def evaluate_masked(model: MaskedTransformer, split: TokenSplit, captions: Embed
 
 
 @torch.no_grad()
-def sample_grid(model: MaskedTransformer, tokenizer, encoder, prompts: tuple[str, ...], steps: int,
+def sample_grid(model: Transformer, tokenizer, encoder, prompts: tuple[str, ...], steps: int,
                 guidance: float, seed: int = 0):
     text = encoder.encode(list(prompts))
     cond = model.prepare_text(text)
@@ -229,9 +231,12 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
     if resolution % tokenizer.downsample:
         raise ConfigError(f"model.resolution {resolution} is not a multiple of the tokenizer's "
                           f"downsampling {tokenizer.downsample}")
-    mcfg = cfg.model.replace(codebook_size=tokenizer.codebook_size, grid=resolution // tokenizer.downsample,
-                             text_dim=encoder.hidden_dim, pooled_dim=encoder.pooled_dim,
-                             text_encoder=cfg.text_encoder, tokenizer=cfg.tokenizer)
+    try:
+        mcfg = cfg.model.for_data(tokenizer.codebook_size, resolution // tokenizer.downsample,
+                                  encoder.hidden_dim, encoder.pooled_dim, cfg.text_encoder, cfg.tokenizer)
+    except ConfigError as e:
+        raise ConfigError(f"model ({cfg.model.kind}) with tokenizer {cfg.tokenizer!r} and text encoder "
+                          f"{cfg.text_encoder!r}: {e}") from None
     cfg = cfg.replace(model=mcfg)
     with acc.main_process_first():  # one process builds the cache, the others load it
         data = build_token_data(list(cfg.data), tokenizer, encoder, resolution, cfg.cache_dir,
@@ -243,7 +248,7 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
     empty_row = int(data.captions.rows([""])[0])
 
     torch.manual_seed(cfg.seed)
-    model = (ARTransformer if isinstance(mcfg, ARTransformerConfig) else MaskedTransformer)(mcfg).train()
+    model = TRANSFORMERS[mcfg.kind](mcfg).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
