@@ -58,7 +58,7 @@ from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
 from .transformer import TextContext
-from .uvit import Resample, sinusoid
+from .uvit import Resample, TwoLayerMLP, sinusoid
 
 
 @dataclass
@@ -219,18 +219,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 # -- blocks -------------------------------------------------------------------------------------
-
-class TwoLayerMLP(nn.Module):
-    """Linear, SiLU, Linear (diffusers' TimestepEmbedding / PixArtAlphaTextProjection names)."""
-
-    def __init__(self, dim_in: int, dim: int, bias: bool = True) -> None:
-        super().__init__()
-        self.linear_1 = nn.Linear(dim_in, dim, bias=bias)
-        self.linear_2 = nn.Linear(dim, dim, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(x)))
-
 
 class GeluProj(nn.Module):
     def __init__(self, dim: int, inner: int) -> None:

@@ -149,6 +149,18 @@ class Attention(nn.Module):
         return self.to_out[0](a.transpose(1, 2).reshape(b, n, d))
 
 
+class TwoLayerMLP(nn.Module):
+    """Linear, SiLU, Linear (diffusers' TimestepEmbedding / PixArtAlphaTextProjection names)."""
+
+    def __init__(self, dim_in: int, dim: int, bias: bool = True) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(dim_in, dim, bias=bias)
+        self.linear_2 = nn.Linear(dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
 class AdaNorm(nn.Module):
     """norm(x) * (1 + scale) + shift, scale/shift from the conditioning vector."""
 
@@ -302,9 +314,7 @@ class UViT(PretrainedMixin, nn.Module):
         self.embed.embeddings = nn.Embedding(cfg.vocab_size, cfg.in_channels)
         self.embed.layer_norm = nn.RMSNorm(cfg.in_channels, eps, affine)
         self.embed.conv = nn.Conv2d(cfg.in_channels, ch, 1, bias=bias)
-        self.cond_embed = nn.Module()
-        self.cond_embed.linear_1 = nn.Linear(cfg.micro_cond_embed_dim + cfg.cond_embed_dim, d, bias=bias)
-        self.cond_embed.linear_2 = nn.Linear(d, d, bias=bias)
+        self.cond_embed = TwoLayerMLP(cfg.micro_cond_embed_dim + cfg.cond_embed_dim, d, bias=bias)
         self.down_block = UViTBlock(cfg, downsample=cfg.downsample)
         self.project_to_hidden_norm = nn.RMSNorm(ch, eps, affine)
         self.project_to_hidden = nn.Linear(ch, d, bias=bias)
@@ -334,7 +344,7 @@ class UViT(PretrainedMixin, nn.Module):
         micro = micro.to(text.pooled.device).float().expand(b, len(cfg.micro_conds))
         pooled = torch.cat([text.pooled.float(), sinusoid(micro.flatten(), cfg.micro_cond_encode_dim)
                             .view(b, -1)], dim=1).to(dtype)
-        c = self.cond_embed.linear_2(F.silu(self.cond_embed.linear_1(pooled)))
+        c = self.cond_embed(pooled)
         states = self.encoder_proj_layer_norm(self.encoder_proj(text.hidden.to(dtype)))
         kv = []
         down, up = self.down_block.attention_blocks, self.up_block.attention_blocks
