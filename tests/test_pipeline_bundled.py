@@ -35,3 +35,14 @@ def test_colour_follows_the_prompt(pipe, colour):
     images = pipe(f"a {colour} circle", n=2, seed=0)
     assert all(im.size == (128, 128) for im in images)
     assert [dominant_colour(im) for im in images] == [colour, colour]
+
+
+def test_autoregressive_baseline_bundled():
+    """ar-128, the evaluation suite's autoregressive baseline, loads verified and follows the
+    colour of a prompt too."""
+    ckpt = load_checkpoint("ar-128")
+    assert {"README.md", "sampler.json", "grid.png", "eval.json"} <= set(ckpt.files)
+    ar = Pipeline.from_pretrained("ar-128")
+    assert ar.defaults.steps == 256
+    images = ar("a blue circle", n=2, seed=0)
+    assert [dominant_colour(im) for im in images] == ["blue", "blue"]

@@ -69,6 +69,7 @@ def export_run(run: str | Path, out: str | Path, name: str, notes: str = "",
     rows = "\n".join(f"| {g} ({ev['val_counts'][g]}) | {w[f'val_acc_{g}']:.3f} |{acc50(f'val_acc50_{g}')} "
                      f"{w[f'val_loss_{g}']:.3f} | {e[f'val_acc_{g}']:.3f} |" for g in groups)
     last = next(r for r in reversed(records) if "loss" in r)
+    order = ", raster order" if ar else f", {d.schedule} schedule"
     kind, what, extra_id, objective, heldout = (
         ("autoregressive baseline", f"""\
 A causal transformer of the same size, text conditioning and training as the masked
@@ -90,7 +91,7 @@ with classifier-free guidance. Trained from scratch on a 2-core CPU by fastmuse.
 
 ![samples](grid.png)
 
-Prompts above (seed 0, {d.steps} steps, guidance {d.guidance}, {d.schedule} schedule), 4 images each:
+Prompts above (seed 0, {d.steps} steps, guidance {d.guidance}{order}), 4 images each:
 `fastmuse generate {' '.join(repr(p) for p in CARD_PROMPTS[:2])} ... --n 4 --seed 0 --model {name}`.
 
 ## Model
