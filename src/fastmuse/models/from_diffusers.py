@@ -22,7 +22,8 @@ from .mmdit import MMDiT
 from .uvit import UViT
 
 # keys the references write that do not change the network (dropout is 0 at inference)
-IGNORED = {"_class_name", "_diffusers_version", "_name_or_path", "hidden_dropout", "attention_dropout"}
+IGNORED = {"_class_name", "_diffusers_version", "_name_or_path", "_use_default_values", "hidden_dropout",
+           "attention_dropout"}
 OURS = {"micro_conds", "text_encoder", "tokenizer", "resolution"}
 # class name in transformer/config.json -> our model
 ARCHITECTURES: dict[str, type[UViT | MMDiT]] = {"UVit2DModel": UViT, "Transformer2DModel": MMDiT}

@@ -16,8 +16,8 @@ from ..hub import load_state_strict, read_diffusers_folder
 from .model import VQConfig, VQTokenizer
 
 # keys diffusers accepts but that do not change the network
-IGNORED = {"_class_name", "_diffusers_version", "_name_or_path", "sample_size", "scaling_factor",
-           "lookup_from_codebook", "force_upcast"}
+IGNORED = {"_class_name", "_diffusers_version", "_name_or_path", "_use_default_values", "sample_size",
+           "scaling_factor", "lookup_from_codebook", "force_upcast"}
 # attention names of old diffusers checkpoints -> current ones
 OLD_ATTENTION = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.",
                  ".proj_attn.": ".to_out.0."}
