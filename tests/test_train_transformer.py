@@ -131,7 +131,8 @@ def test_export_and_eval(parts, tmp_path, capsys):
     train_transformer(cfg_for(parts), tmp_path / "run")
     assert main(["transformer", "export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) == 0
     card = (tmp_path / "m/README.md").read_text()
-    assert "Held-out masked-token accuracy" in card and "| all |" in card
+    assert "## Held-out token accuracy" in card and "Masked-token accuracy with fixed masks" in card
+    assert "| all |" in card and "cosine schedule" in card
     pipe = Pipeline.from_pretrained(tmp_path / "m")
     assert pipe("a red square", steps=2)[0].size == (32, 32)
     capsys.readouterr()
