@@ -6,8 +6,9 @@
 
 A model folder is a transformer checkpoint whose config names its image tokenizer and
 text encoder (`tokenizer/` inside the folder wins over the named one) plus `sampler.json`,
-the sampling defaults it was tuned with; or a diffusers aMUSEd folder (`transformer/`,
-`vqvae/`, `text_encoder/`, `tokenizer/`), loaded into our modules.
+the sampling defaults it was tuned with; or an aMUSEd / Meissonic folder as the reference
+code writes it (`transformer/`, `vqvae/`, `text_encoder/`, `tokenizer/`), loaded into our
+modules with the reference's sampling defaults.
 """
 
 from __future__ import annotations
