@@ -13,47 +13,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import subprocess
-import sys
 import time
 
 import httpx
 
+from fastmuse.serve.process import start_server
+
 
 def serve(model: str, max_batch: int, window_ms: float) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fastmuse",
-            "serve",
-            "--model",
-            model,
-            "--port",
-            str(port),
-            "--max-batch",
-            str(max_batch),
-            "--batch-window-ms",
-            str(window_ms),
-            "--max-queue",
-            "1000",
-            "--timeout",
-            "3600",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
+    return start_server("--model", model, "--max-batch", str(max_batch), "--batch-window-ms", str(window_ms),
+                        "--max-queue", "1000", "--timeout", "3600", timeout_s=600, stdout=subprocess.DEVNULL)
 
 
 async def load(url: str, requests: int) -> tuple[float, list[float]]:

@@ -5,36 +5,24 @@ chromium (selenium): generate, pick an image, paint a mask, inpaint.
 """
 
 import shutil
-import socket
-import subprocess
 import sys
-import time
 
-import httpx
 from selenium import webdriver
 from selenium.webdriver import ActionChains
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
+from fastmuse.serve.process import start_server
+
 
 def main(out: str = "docs/serve-ui.png") -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "fastmuse", "serve", "--port", str(port)])
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(timeout_s=600)
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,900"):
         opts.add_argument(arg)
     driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         driver.get(url + "/")
         done = lambda what: WebDriverWait(driver, 300).until(  # noqa: E731
             lambda d: d.find_element("id", "status").text.startswith(what + ":")

@@ -6,9 +6,7 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
 
 import httpx
@@ -19,6 +17,7 @@ from PIL import Image
 
 from fastmuse.pipeline import Pipeline
 from fastmuse.serve import ServeSettings, create_app
+from fastmuse.serve.process import start_server
 from helpers import tiny_pipeline
 
 
@@ -332,47 +331,12 @@ def test_bad_input_is_a_named_4xx(client, method, path, kwargs, status, param):
     assert client.get("/healthz").status_code == 200  # still serving
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(model_dir):
     """A real `fastmuse serve` process on a free port; a small queue so that load finds its limit."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fastmuse",
-            "serve",
-            "--model",
-            str(model_dir),
-            "--name",
-            "tiny",
-            "--port",
-            str(port),
-            "--max-queue",
-            "16",
-            "--max-batch",
-            "8",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "FASTMUSE_API_KEY": "k3y"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stdout.read()}")
+    proc, url = start_server("--model", str(model_dir), "--name", "tiny", "--max-queue", "16",
+                             "--max-batch", "8", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env={**os.environ, "FASTMUSE_API_KEY": "k3y"})
     yield url, proc
     proc.terminate()
     proc.wait(timeout=30)
