@@ -53,16 +53,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, check_range
+from ..config import check_range
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
 from .transformer import TextContext
-from .uvit import Resample, TwoLayerMLP, sinusoid
+from .uvit import ReferenceConfig, Resample, TwoLayerMLP, sinusoid
 
 
 @dataclass
-class MMDiTConfig(Config):
+class MMDiTConfig(ReferenceConfig):
     """Meissonic's `Transformer2DModel` arguments (same names) + what fastmuse's pipeline needs.
 
     Defaults: the published Meissonic 1B (MeissonFlow/Meissonic `transformer/config.json`; that
@@ -114,9 +114,7 @@ class MMDiTConfig(Config):
         if self.guidance_embeds:
             raise ConfigError("'guidance_embeds' is true; accepted: false (Meissonic's forward has no "
                               "guidance embedding path)")
-        if self.vocab_size <= self.codebook_size:
-            raise ConfigError(f"'vocab_size' is {self.vocab_size}; accepted: > codebook_size "
-                              f"({self.codebook_size}), the last id being MASK")
+        self.check_vocab()
         if len(self.axes_dims_rope) != 3 or any(d < 2 or d % 2 for d in self.axes_dims_rope):
             raise ConfigError(f"'axes_dims_rope' is {list(self.axes_dims_rope)}; accepted: 3 even sizes "
                               f"(position ids 0, row, column)")
@@ -140,14 +138,6 @@ class MMDiTConfig(Config):
     @property
     def width(self) -> int:
         return self.num_attention_heads * self.attention_head_dim
-
-    @property
-    def grid(self) -> int:
-        return self.sample_size
-
-    @property
-    def mask_id(self) -> int:
-        return self.vocab_size - 1
 
     @property
     def text_dim(self) -> int:

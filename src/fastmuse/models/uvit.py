@@ -33,8 +33,30 @@ from ..text.encoders import TextEmbedding
 from .transformer import TextContext
 
 
+class ReferenceConfig(Config):
+    """What the public models' configs (aMUSEd, Meissonic) share: a `sample_size` x `sample_size`
+    token grid and a vocabulary whose last id is MASK. Subclasses define those fields."""
+
+    sample_size: int
+    vocab_size: int
+    codebook_size: int
+
+    def check_vocab(self) -> None:
+        if self.vocab_size <= self.codebook_size:
+            raise ConfigError(f"'vocab_size' is {self.vocab_size}; accepted: > codebook_size "
+                              f"({self.codebook_size}), the last id being MASK")
+
+    @property
+    def grid(self) -> int:
+        return self.sample_size
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size - 1
+
+
 @dataclass
-class UViTConfig(Config):
+class UViTConfig(ReferenceConfig):
     """diffusers' UVit2DModel arguments (same names) + what fastmuse's pipeline needs."""
 
     kind = "uvit"
@@ -71,9 +93,7 @@ class UViTConfig(Config):
             check_range(name, getattr(self, name), 1)
         check_range("num_res_blocks", self.num_res_blocks, 0)
         check_range("num_hidden_layers", self.num_hidden_layers, 0)
-        if self.vocab_size <= self.codebook_size:
-            raise ConfigError(f"'vocab_size' is {self.vocab_size}; accepted: > codebook_size "
-                              f"({self.codebook_size}), the last id being MASK")
+        self.check_vocab()
         if len(self.micro_conds) * self.micro_cond_encode_dim != self.micro_cond_embed_dim:
             raise ConfigError(f"'micro_cond_embed_dim' is {self.micro_cond_embed_dim}; accepted: "
                               f"len(micro_conds) x micro_cond_encode_dim = "
@@ -82,14 +102,6 @@ class UViTConfig(Config):
                                  ("block_out_channels", self.block_out_channels, self.block_num_heads)):
             if dim % heads:
                 raise ConfigError(f"'{name}' is {dim}; accepted: a multiple of its head count ({heads})")
-
-    @property
-    def grid(self) -> int:
-        return self.sample_size
-
-    @property
-    def mask_id(self) -> int:
-        return self.vocab_size - 1
 
     @property
     def text_dim(self) -> int:
