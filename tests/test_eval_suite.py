@@ -7,13 +7,17 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from fastmuse.cli import main
+from fastmuse.data.images import to_tensor
 from fastmuse.data.shapes import Obj, render_scene
 from fastmuse.eval.distribution import fd, frechet_distance, kid, tf_resize
 from fastmuse.eval.shapes_check import check, detect
 from fastmuse.eval.shapes_suite import suite_items, validate_checker
 from fastmuse.eval.suite import EvalSettings, evaluate, table
+from fastmuse.pipeline import Pipeline
+from fastmuse.tokenizer.evaluate import evaluate_recon
 from helpers import tiny_pipeline
 
 # the prompts of suite "shapes-v1": a change here needs a new SUITE_VERSION
@@ -93,14 +97,21 @@ def test_evaluate_end_to_end(model_dir, tmp_path, monkeypatch):
     val = [e for e in emoji.catalogue() if e.split == "val"][:3]
     monkeypatch.setattr(emoji, "catalogue", lambda: val)
     s = EvalSettings(seeds=1, steps=2, batch_sizes=(1, 2))
-    r = evaluate(str(model_dir), ["shapes", "emoji", "speed"], tmp_path / "run", s)
+    r = evaluate(str(model_dir), ["shapes", "emoji", "speed", "tokenizer"], tmp_path / "run", s)
     assert r["shapes"]["images"] == 72 and 0 <= r["shapes"]["accuracy"]["overall"] <= 1
     assert r["emoji"]["real"] == 3 and r["emoji"]["fid"] > 0 and 0 <= r["emoji"]["retrieval_r1"] <= 1
     assert r["speed"]["network_evaluations"] == 4 and r["speed"]["by_batch"]["2"]["images_per_second"] > 0
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["shapes"]["accuracy"] == r["shapes"]["accuracy"]
     assert (tmp_path / "run" / "shapes.png").is_file() and (tmp_path / "run" / "emoji.png").is_file()
-    assert table([r]).count("\n") == 3
+    # the tokenizer suite is the tokenizer's own evaluation on the held-out renders
+    tok = Pipeline.from_pretrained(model_dir).tokenizer
+    direct = evaluate_recon(tok, torch.stack([to_tensor(emoji.render(e, 32)) for e in val]))
+    assert r["tokenizer"]["emoji_val"]["psnr"] == pytest.approx(direct["psnr"])
+    assert r["tokenizer"]["codes_used"]["emoji_val"] == direct["codes_used"]
+    assert r["tokenizer"]["shapes_scenes"]["images"] == 72 and (tmp_path / "run" / "tokenizer.png").is_file()
+    row = table([r]).splitlines()[2]
+    assert f"| {direct['psnr']:.2f} |" in row and row.count("|") == 20
 
 
 def test_cli_eval(model_dir, tmp_path, capsys):

@@ -56,13 +56,16 @@ def cmd_checker(a: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..eval import SUITES
+
     p = sub.add_parser("eval", help="evaluation suites and the results table",
                        description="Evaluate models: shapes compositional accuracy (checked from "
                                    "pixels), emoji FID/KID and retrieval R@1 (TF Inception pool3), "
-                                   "speed. One row per (model, steps) in OUT/results.md.")
+                                   "speed, and the VQ tokenizer's PSNR/SSIM/codebook usage. One row per "
+                                   "(model, steps) in OUT/results.md.")
     p.add_argument("--model", nargs="+", default=[DEFAULT_MODEL], help="bundled names or folders")
-    p.add_argument("--suite", nargs="+", default=["shapes", "emoji", "speed"],
-                   help="shapes, emoji and/or speed (default: all)")
+    p.add_argument("--suite", nargs="+", default=list(SUITES),
+                   help=f"any of {', '.join(SUITES)} (default: all)")
     p.add_argument("--steps", type=_steps_list, default=None,
                    help="e.g. 12,6: one row each for masked models (default: the model's; "
                         "autoregressive models always take one step per token)")

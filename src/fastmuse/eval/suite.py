@@ -6,6 +6,8 @@ Suites:
           of those emoji, and retrieval R@1: is a generated image's nearest real image (cosine,
           same features) the emoji it was asked for
   speed   seconds per image at several batch sizes, network evaluations, peak RSS
+  tokenizer  the model's VQ tokenizer alone: PSNR, SSIM and codebook usage of round trips of
+          the held-out emoji renders and the shapes suite's ground-truth scenes
 """
 
 from __future__ import annotations
@@ -25,11 +27,10 @@ from ..data.images import make_grid
 from ..errors import ConfigError
 from ..fsutil import atomic_write_bytes
 from ..pipeline import MAX_IMAGES, Pipeline
+from . import SUITES
 from .machine import describe_machine
 from .shapes_check import check, detect
 from .shapes_suite import CATEGORIES, SUITE_VERSION, suite_items, summarise
-
-SUITES = ("shapes", "emoji", "speed")
 
 
 @dataclass
@@ -92,6 +93,26 @@ def eval_speed(pipe: Pipeline, s: EvalSettings) -> dict:
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def eval_tokenizer(pipe: Pipeline) -> tuple[dict, object]:
+    from ..data.images import to_tensor
+    from ..data.shapes import render_scene
+    from ..tokenizer.evaluate import evaluate_recon, recon_grid
+
+    res = pipe.resolution
+    sets = {"emoji_val": [emoji.render(e, res) for e in emoji.catalogue() if e.split == "val"],
+            "shapes_scenes": [render_scene(it.scene, res) for it in suite_items()]}
+    result, grids = {}, []
+    for name, pil in sets.items():
+        images = torch.stack([to_tensor(im) for im in pil])
+        r = evaluate_recon(pipe.tokenizer, images)
+        grids.append(recon_grid(images, r.pop("recon"), n=8))
+        result[name] = r
+    used = {name: r.pop("codes_used") for name, r in result.items()}
+    result["codebook_size"] = pipe.tokenizer.codebook_size
+    result["codes_used"] = used
+    return result, make_grid(grids, ncols=1)
+
+
 def evaluate(model: str, suites: list[str], out: Path, s: EvalSettings) -> dict:
     unknown = [x for x in suites if x not in SUITES]
     if unknown:
@@ -106,7 +127,9 @@ def evaluate(model: str, suites: list[str], out: Path, s: EvalSettings) -> dict:
         if suite == "speed":
             result["speed"] = eval_speed(pipe, s)
         else:
-            result[suite], grid = (eval_shapes if suite == "shapes" else eval_emoji)(pipe, s)
+            run = {"shapes": lambda: eval_shapes(pipe, s), "emoji": lambda: eval_emoji(pipe, s),
+                   "tokenizer": lambda: eval_tokenizer(pipe)}[suite]
+            result[suite], grid = run()
             grid.save(out / f"{suite}.png")
         result.setdefault("eval_seconds", {})[suite] = round(time.perf_counter() - t0, 1)
     atomic_write_bytes(out / "results.json", (json.dumps(result, indent=2) + "\n").encode())
@@ -114,19 +137,24 @@ def evaluate(model: str, suites: list[str], out: Path, s: EvalSettings) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    """Markdown: one row per evaluated (model, steps, guidance), metrics as columns."""
+    """Markdown: one row per evaluated (model, steps, guidance), metrics as columns
+    (the tokenizer's on the held-out emoji renders)."""
     head = ["model", "steps", "guidance", "shapes overall", "single", "colour", "two obj", "counting",
-            "colour attr", "position", "emoji FID", "KID x1e3", "R@1", "s/img (b=1)", "img/s (b=16)", "NFE"]
+            "colour attr", "position", "emoji FID", "KID x1e3", "R@1", "s/img (b=1)", "img/s (b=16)", "NFE",
+            "VQ PSNR", "VQ SSIM", "codebook use"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         acc = r.get("shapes", {}).get("accuracy", {})
         em, sp = r.get("emoji", {}), r.get("speed", {}).get("by_batch", {})
+        tok = r.get("tokenizer", {})
         cells = [r["model"], r["steps"], r["guidance"],
                  *(f"{acc[k]:.3f}" if k in acc else "" for k in ("overall", *CATEGORIES)),
                  f"{em['fid']:.1f}" if em else "", f"{em['kid'] * 1e3:.1f}" if em else "",
                  f"{em['retrieval_r1']:.3f}" if em else "",
                  f"{sp['1']['seconds_per_image']:.2f}" if "1" in sp else "",
                  f"{sp['16']['images_per_second']:.2f}" if "16" in sp else "",
-                 r.get("speed", {}).get("network_evaluations", "")]
+                 r.get("speed", {}).get("network_evaluations", ""),
+                 *(f"{tok['emoji_val'][k]:{f}}" if tok else "" for k, f in
+                   (("psnr", ".2f"), ("ssim", ".3f"), ("codebook_usage", ".3f")))]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
