@@ -95,7 +95,7 @@ def test_pipeline_tokens_match_amused_pipeline(tmp_path, monkeypatch):
     theirs, ours = fixed_gumbel(), fixed_gumbel()
     monkeypatch.setattr(amused_sched, "gumbel_noise", lambda t, generator=None: theirs(t.shape))
     monkeypatch.setattr(torch, "multinomial", lambda p, n, generator=None: p.argmax(-1, keepdim=True))
-    monkeypatch.setattr(maskgit, "_gumbel", lambda shape, gen, dev: ours(shape) if len(shape) == 2
+    monkeypatch.setattr(maskgit, "gumbel", lambda shape, gen, dev: ours(shape) if len(shape) == 2
                         else torch.zeros(shape))
     for steps, g in ((10, 10.0), (5, 4.0)):
         with torch.no_grad():

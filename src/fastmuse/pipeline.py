@@ -1,5 +1,6 @@
 """Text -> image: text encoder + masked transformer + MaskGIT sampler + VQ decoder
-(or, for the autoregressive baseline, + raster-order sampler).
+(or, for the autoregressive baseline, + raster-order sampler; for a Di[M]O student, the
+one-step sampler that `sampler.json` names).
 
     pipe = Pipeline.from_pretrained("muse-128")          # a bundled name or a folder
     images = pipe("red heart", n=4, steps=12, guidance=3.0, seed=0)   # list of PIL images
@@ -28,12 +29,14 @@ from .models import ARTransformer, MaskedTransformer, TextContext, load_transfor
 from .models.from_diffusers import load_diffusers_transformer
 from .sampling.autoregressive import ar_sample, check_ar_args
 from .sampling.maskgit import Generators, check_sampler_args, maskgit_sample
+from .sampling.one_step import check_one_step_args, one_step_sample
 from .sampling.windows import fill_windows
 from .text.encoders import TextEncoder, check_prompts, load_text_encoder
 from .tokenizer import VQTokenizer
 
 SAMPLER_FILE = "sampler.json"
 MAX_IMAGES = 64  # per call: n * len(prompts)
+SAMPLERS = ("maskgit", "one_step")
 
 
 @dataclass
@@ -45,6 +48,14 @@ class SamplerDefaults:
     temperature: float = 1.0
     noise: float = 4.5
     top_k: int = 0  # autoregressive models only (0: no cut)
+    # "maskgit" (iterative), or "one_step" for a Di[M]O student with its initial-state settings
+    sampler: str = "maskgit"
+    init_mask_ratio: float = 0.6
+    embed_noise: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler is {self.sampler!r}; accepted: {', '.join(SAMPLERS)}")
 
     @staticmethod
     def load(folder: Path) -> SamplerDefaults:
@@ -91,6 +102,9 @@ class SamplingRun:
                              generator=self.generator, **self.options)
 
         def sample(window: torch.Tensor) -> torch.Tensor:
+            if "init_mask_ratio" in self.options:  # a one-step student
+                return one_step_sample(self.model, window, self.cond, self.uncond, guidance=self.guidance,
+                                       generator=self.generator, **self.options)
             return maskgit_sample(self.model, window, self.cond, self.uncond, steps=steps or self.steps,
                                   guidance=self.guidance, generator=self.generator, **self.options)
 
@@ -175,6 +189,12 @@ class Pipeline(EditingMixin):
                 raise ConfigError(f"steps is {steps!r}; the autoregressive model takes one step per "
                                   f"token: {tokens}")
             steps = tokens
+        elif d.sampler == "one_step":
+            opts = {"temperature": d.temperature, "init_mask_ratio": d.init_mask_ratio,
+                    "embed_noise": d.embed_noise}
+            if steps not in (None, 1):
+                raise ConfigError(f"steps is {steps!r}; this one-step model takes exactly 1")
+            steps = 1
         else:
             opts = {"schedule": d.schedule, "guidance_schedule": d.guidance_schedule,
                     "temperature": d.temperature, "noise": d.noise}
@@ -186,6 +206,8 @@ class Pipeline(EditingMixin):
         opts.update(sampler)
         if isinstance(m, ARTransformer):
             check_ar_args(guidance, opts["temperature"], opts["top_k"])
+        elif d.sampler == "one_step":
+            check_one_step_args(guidance, opts["temperature"], opts["init_mask_ratio"], opts["embed_noise"])
         else:
             check_sampler_args(steps, guidance, opts["schedule"], opts["guidance_schedule"],
                                opts["temperature"], opts["noise"])

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import FastMuseError
-from . import convert, data, edit, evaluate, generate, serve, tokenizer, transformer
+from . import convert, data, distill, edit, evaluate, generate, serve, tokenizer, transformer
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 3
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_sub = train.add_subparsers(dest="train_command", metavar="MODEL", required=True)
     tokenizer.register(sub, train_sub)
     transformer.register(sub, train_sub)
+    distill.register(sub)
     generate.register(sub)
     edit.register(sub)
     evaluate.register(sub)

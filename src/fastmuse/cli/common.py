@@ -66,6 +66,10 @@ def add_sampler_args(p: argparse.ArgumentParser, n_default: int = 1) -> None:
                    help="Gumbel noise on confidences, annealed to 0 (default 4.5)")
     p.add_argument("--top-k", type=bounded("--top-k", int, 0, None), default=None,
                    help="autoregressive models: sample among the k likeliest codes (default: the model's)")
+    p.add_argument("--init-mask-ratio", type=float, default=None,
+                   help="one-step models: fraction of the random initial tokens set to MASK")
+    p.add_argument("--embed-noise", type=float, default=None,
+                   help="one-step models: Gaussian noise on the initial token embeddings")
 
 
 def sampler_options(a: argparse.Namespace) -> dict[str, Any]:
@@ -73,7 +77,8 @@ def sampler_options(a: argparse.Namespace) -> dict[str, Any]:
     opts = {"n": a.n, "seed": a.seed, "steps": a.steps, "guidance": a.guidance}
     return opts | {k: v for k, v in (("schedule", a.schedule), ("guidance_schedule", a.guidance_schedule),
                                      ("temperature", a.temperature), ("noise", a.noise),
-                                     ("top_k", a.top_k)) if v is not None}
+                                     ("top_k", a.top_k), ("init_mask_ratio", a.init_mask_ratio),
+                                     ("embed_noise", a.embed_noise)) if v is not None}
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:

@@ -22,13 +22,17 @@ def _steps_list(text: str) -> list[int | None]:
 def cmd_eval(a: argparse.Namespace) -> None:
     from ..eval.suite import EvalSettings, evaluate, table
     from ..fsutil import atomic_write_bytes
+    from ..hub import resolve
     from ..models import ARTransformerConfig, transformer_kind
+    from ..pipeline import SamplerDefaults
 
     results = []
     for model in a.model:
-        # an autoregressive model always takes one step per token: one row, whatever --steps says
-        ar = transformer_kind(model) == ARTransformerConfig.kind
-        for steps in [None] if ar else a.steps or [None]:
+        # autoregressive models take one step per token, one-step students one: one row each,
+        # whatever --steps says
+        fixed = transformer_kind(model) == ARTransformerConfig.kind or \
+            SamplerDefaults.load(resolve(model)).sampler == "one_step"
+        for steps in [None] if fixed else a.steps or [None]:
             s = EvalSettings(seeds=a.seeds, steps=steps, guidance=a.guidance)
             label = f"{Path(model).name}-{steps or 'default'}steps"
             results.append(evaluate(model, a.suite, Path(a.out) / label, s))
@@ -68,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"any of {', '.join(SUITES)} (default: all)")
     p.add_argument("--steps", type=_steps_list, default=None,
                    help="e.g. 12,6: one row each for masked models (default: the model's; "
-                        "autoregressive models always take one step per token)")
+                        "autoregressive models always take one step per token, one-step models 1)")
     p.add_argument("--guidance", type=float, default=None, help="default: the model's")
     p.add_argument("--seeds", type=positive("--seeds"), default=4, help="images per prompt (default 4)")
     p.add_argument("--out", default="outputs/eval", help="results folder (default outputs/eval)")

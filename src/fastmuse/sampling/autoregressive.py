@@ -13,7 +13,7 @@ import torch
 from ..errors import ConfigError
 from ..models.autoregressive import ARTransformer
 from ..models.transformer import KVCache, TextContext
-from .maskgit import Generators, _gumbel, combine_guidance, guidance_context
+from .maskgit import Generators, combine_guidance, guidance_context, gumbel
 
 
 def check_ar_args(guidance: float, temperature: float, top_k: int) -> None:
@@ -43,6 +43,6 @@ def ar_sample(model: ARTransformer, cond: TextContext, uncond: TextContext | Non
         if 0 < top_k < logits.shape[-1]:
             kth = logits.topk(top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, -torch.inf)
-        out[:, i] = (logits + _gumbel(logits.shape, generator, logits.device)).argmax(-1)
+        out[:, i] = (logits + gumbel(logits.shape, generator, logits.device)).argmax(-1)
         prev = out[:, i].repeat(rows // b)
     return out.view(b, g, g)

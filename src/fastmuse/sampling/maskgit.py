@@ -58,12 +58,19 @@ def check_sampler_args(steps: int, guidance: float, schedule: str, guidance_sche
 Generators = torch.Generator | list[tuple[torch.Generator, int]] | None
 
 
-def _gumbel(shape: torch.Size, generator: Generators, device: torch.device) -> torch.Tensor:
+def random(shape: torch.Size | tuple[int, ...], generator: Generators, device: torch.device | str = "cpu",
+           normal: bool = False) -> torch.Tensor:
+    """Uniform [0, 1) (or standard normal) fp32 noise; with per-row generators, each group of
+    rows draws from its own stream."""
+    draw = torch.randn if normal else torch.rand
     if isinstance(generator, list):
-        u = torch.cat([torch.rand((rows, *shape[1:]), generator=g, dtype=torch.float32)
-                       for g, rows in generator]).to(device)
-    else:
-        u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+        return torch.cat([draw((rows, *shape[1:]), generator=g, dtype=torch.float32)
+                          for g, rows in generator]).to(device)
+    return draw(shape, generator=generator, device=device, dtype=torch.float32)
+
+
+def gumbel(shape: torch.Size, generator: Generators, device: torch.device) -> torch.Tensor:
+    u = random(shape, generator, device)
     return -torch.log((-torch.log(u.clamp(1e-20, 1.0))).clamp(min=1e-20))
 
 
@@ -131,7 +138,7 @@ def maskgit_sample(
             break
         scale = guidance * GUIDANCE_SCHEDULES[guidance_schedule]((i + 1) / steps)
         logits = guided_logits(model, x.view(shape), ctx, scale if guided else None) / temperature
-        sampled = (logits + _gumbel(logits.shape, generator, logits.device)).argmax(-1)
+        sampled = (logits + gumbel(logits.shape, generator, logits.device)).argmax(-1)
         logp = torch.log_softmax(logits, -1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
         sampled = torch.where(unknown, sampled, x)
         t = (i + 1) / steps
@@ -142,7 +149,7 @@ def maskgit_sample(
                                         unknown.sum(1) - 1).clamp(min=0)
         else:
             keep_masked = torch.zeros_like(keep_masked)
-        conf = logp + noise * (1.0 - t) * _gumbel(logp.shape, generator, logp.device)
+        conf = logp + noise * (1.0 - t) * gumbel(logp.shape, generator, logp.device)
         conf = torch.where(unknown, conf, torch.full_like(conf, math.inf))  # decided tokens stay
         order = conf.argsort(dim=1)  # least confident first
         ranks = order.argsort(dim=1)

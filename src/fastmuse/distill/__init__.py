@@ -1,0 +1,1 @@
+"""Distillation into few-step students: Di[M]O (dimo.py) for masked models."""

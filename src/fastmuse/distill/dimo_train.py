@@ -1,0 +1,215 @@
+"""`fastmuse distill dimo`: the Di[M]O training run (the method is in dimo.py).
+
+Data-free but for prompts: the captions of the teacher's training data, encoded once into
+the same cache the teacher trained from. Every random draw of step s (captions, initial
+states, re-masks, samples, embedding noise) comes from a generator seeded by (seed, s), so
+`--resume` continues exactly. The run folder holds config.json, metrics.jsonl (student and
+auxiliary losses, the aux-teacher gap, the teacher's log-likelihood of student samples),
+samples/, checkpoints/ and, at the end, student/: a model folder every command loads.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..config import Config, check_range
+from ..data.images import make_grid
+from ..data.tokens import build_token_data
+from ..errors import ConfigError
+from ..hub import resolve
+from ..models import ARTransformer
+from ..pipeline import Pipeline, SamplerDefaults
+from ..sampling.maskgit import guidance_context, guided_logits, token_logprob
+from ..train.log import JsonlLogger
+from ..train.masked import SAMPLE_PROMPTS, random_mask, step_generator
+from ..train.schedule import lr_at
+from ..train.state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
+from .dimo import DiMOSettings, aux_loss, generator_loss
+
+
+@dataclass
+class DiMOConfig(Config):
+    kind = "distill_dimo"
+    teacher: str = "muse-128"  # bundled name or model folder (a converted aMUSEd/Meissonic one too)
+    teacher_guidance: float | None = None  # None: the teacher's default
+    data: tuple[str, ...] = ("data/emoji", "shapes:0")  # whose captions are the prompts
+    shapes_train: int = 6000  # as the teacher's training config, so its caption cache is reused
+    shapes_val: int = 100
+    cache_dir: str = "data/cache"
+    batch_size: int = 16
+    steps: int = 600  # student updates
+    aux_updates: int = 2  # auxiliary updates per student update
+    lr: float = 2e-5
+    aux_lr: float = 2e-5
+    warmup_steps: int = 20
+    min_lr_ratio: float = 1.0  # constant after warm-up, as the reference
+    grad_clip: float = 1.0
+    init_mask_ratio: float = 0.6
+    embed_noise: float = 0.1
+    beta: float = 0.0
+    label_smoothing: float = 0.0  # the reference's 0.1 biases the fixed point (dimo.py)
+    ema_decay: float = 0.99
+    log_every: int = 10
+    eval_every: int = 100
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    sample_prompts: tuple[str, ...] = SAMPLE_PROMPTS
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("batch_size", "steps", "aux_updates", "log_every", "eval_every", "save_every",
+                     "keep_checkpoints", "shapes_train", "shapes_val"):
+            check_range(name, getattr(self, name), 1)
+        for name in ("init_mask_ratio", "beta", "label_smoothing", "ema_decay", "min_lr_ratio"):
+            check_range(name, getattr(self, name), 0.0, 1.0)
+        check_range("embed_noise", self.embed_noise, 0.0, 0.99)
+        check_range("lr", self.lr, 0.0)
+        check_range("aux_lr", self.aux_lr, 0.0)
+        if self.teacher_guidance is not None:
+            check_range("teacher_guidance", self.teacher_guidance, 0.0)
+
+
+def load_teacher(name: str) -> Pipeline:
+    folder = resolve(name)
+    if (folder / "transformer").is_dir():
+        raise ConfigError(f"teacher {name!r} is an aMUSEd/Meissonic folder as diffusers writes it; "
+                          f"convert it first: fastmuse convert {name} OUT, then --teacher OUT")
+    pipe = Pipeline.from_pretrained(folder)
+    if isinstance(pipe.transformer, ARTransformer) or pipe.defaults.sampler != "maskgit":
+        what = "autoregressive" if isinstance(pipe.transformer, ARTransformer) else pipe.defaults.sampler
+        raise ConfigError(f"teacher {name!r} is a {what} model; accepted: a masked (MaskGIT-sampled) model")
+    return pipe
+
+
+@torch.no_grad()
+def teacher_logprob(teacher: Pipeline, tokens: torch.Tensor, prompts: list[str], guidance: float) -> float:
+    """Mean log p_teacher(token | rest, text) of token grids: how plausible the teacher finds them."""
+    m = teacher.transformer
+    cond = m.prepare_text(teacher.text_encoder.encode(prompts))
+    ctx = guidance_context(cond, teacher.uncond().repeat(len(prompts)), guidance) if guidance > 0 else cond
+    gen = torch.Generator().manual_seed(0)
+    return token_logprob(m, tokens, ctx, guidance if guidance > 0 else None, gen).mean().item()
+
+
+def student_defaults(cfg: DiMOConfig, teacher: Pipeline) -> SamplerDefaults:
+    return SamplerDefaults(sampler="one_step", steps=1, guidance=0.0, temperature=1.0,
+                           init_mask_ratio=cfg.init_mask_ratio, embed_noise=cfg.embed_noise)
+
+
+def save_student(out: Path, cfg: DiMOConfig, student: torch.nn.Module, teacher: Pipeline,
+                 metrics: Path) -> Path:
+    """A model folder: the student transformer, the one-step sampler defaults, the run's metrics
+    and, for a converted teacher, its tokenizer/ and text_encoder/."""
+    pipe = Pipeline(student, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg, teacher))
+    src = resolve(cfg.teacher)
+    files = {f"{sub}/{p.relative_to(src / sub).as_posix()}": p.read_bytes()
+             for sub in ("tokenizer", "text_encoder") if (src / sub).is_dir()
+             for p in sorted((src / sub).rglob("*")) if p.is_file()}
+    files["metrics.jsonl"] = metrics.read_bytes()
+    card = (f"# One-step Di[M]O student of {cfg.teacher}\n\n`fastmuse distill dimo`: {cfg.steps} student "
+            f"updates, batch {cfg.batch_size}, {cfg.aux_updates} auxiliary updates each, teacher guidance "
+            f"{teacher_guidance(cfg, teacher)}. One forward pass per image; config in the run folder.\n")
+    return pipe.save_pretrained(out, card, files)
+
+
+def teacher_guidance(cfg: DiMOConfig, teacher: Pipeline) -> float:
+    return teacher.defaults.guidance if cfg.teacher_guidance is None else cfg.teacher_guidance
+
+
+def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at: int | None = None) -> Path:
+    """Run into folder `out`; returns the student model folder (out/student)."""
+    from ..train.distributed import make_accelerator
+
+    out = Path(out)
+    ckpt = checkpoint_to_resume(out, resume, make_accelerator("no", 1))
+    teacher = load_teacher(cfg.teacher)
+    tm = teacher.transformer.requires_grad_(False)
+    tcfg = tm.config
+    inside = resolve(cfg.teacher) / "tokenizer"  # a converted model's own tokenizer
+    data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
+                            cfg.cache_dir, cfg.shapes_train, cfg.shapes_val,
+                            tokenizer_id=str(inside) if inside.is_dir() else tcfg.tokenizer)
+    rows = data.train.cap_rows  # every caption of the training split (alternatives included)
+    empty = data.captions.lookup(data.captions.rows([""]))
+    g = teacher_guidance(cfg, teacher)
+    s = DiMOSettings(tcfg.codebook_size, tm.mask_id, cfg.init_mask_ratio, cfg.embed_noise, cfg.beta,
+                     cfg.label_smoothing)
+
+    torch.manual_seed(cfg.seed)
+    student = copy.deepcopy(tm).train().requires_grad_(True)
+    aux = copy.deepcopy(tm).train().requires_grad_(True)
+    ema = copy.deepcopy(tm).eval()
+    opt_s = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+    opt_a = torch.optim.Adam(aux.parameters(), lr=cfg.aux_lr)
+    modules = {"student": student, "aux": aux, "ema": ema}
+    optimizers = {"student": opt_s, "aux": opt_a}
+    start = load_training(ckpt, modules, optimizers, {})["step"] if ckpt is not None else 0
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.json")
+    logger = JsonlLogger(out / "metrics.jsonl", resume_step=start if resume else None)
+    student_pipe = Pipeline(ema, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg, teacher))
+    probe = list(cfg.sample_prompts)
+    if start == 0:  # the reference point for the student's teacher log-likelihood
+        ref = teacher.generate_tokens(probe, seed=0)
+        logger.log({"step": 0, "teacher_samples_logprob": teacher_logprob(teacher, ref, probe, g)})
+        make_grid(teacher.decode(ref), ncols=min(len(probe), 8), captions=probe).save(
+            out / "samples" / "teacher.png")
+
+    remask = lambda tokens, gen: random_mask(tokens, tm.mask_id, gen)  # noqa: E731 - the teacher's schedule
+    grid = tcfg.grid
+    blank = torch.full((cfg.batch_size, grid, grid), tm.mask_id)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="dimo")
+    for step in bar:
+        gen = step_generator(cfg.seed, step, 0)
+        for opt, base in ((opt_s, cfg.lr), (opt_a, cfg.aux_lr)):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg.replace(lr=base))
+        text = data.captions.lookup(rows[torch.randint(len(rows), (cfg.batch_size,), generator=gen)])
+
+        def logits_of(model: torch.nn.Module, tokens: torch.Tensor, text=text) -> torch.Tensor:
+            out_ = model(tokens, text)
+            return out_.float().reshape(len(tokens), -1, out_.shape[-1])
+
+        with torch.no_grad():
+            cond = tm.prepare_text(text)
+            ctx = guidance_context(cond, tm.prepare_text(empty).repeat(len(blank)), g) if g > 0 else cond
+
+        def teacher_fn(tokens: torch.Tensor, ctx=ctx) -> torch.Tensor:
+            return guided_logits(tm, tokens, ctx, g if g > 0 else None)
+
+        logs: dict[str, float] = {}
+        for _ in range(cfg.aux_updates):
+            loss, logs_a = aux_loss(student, aux, logits_of, remask, blank, s, gen)
+            opt_a.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(aux.parameters(), cfg.grad_clip)
+            opt_a.step()
+        loss, logs = generator_loss(student, aux, teacher_fn, logits_of, remask, blank, s, gen)
+        opt_s.zero_grad(set_to_none=True)
+        loss.backward()
+        logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip).item()
+        opt_s.step()
+        done = step + 1
+        with torch.no_grad():
+            d = min(cfg.ema_decay, (1 + done) / (10 + done))
+            for pe, ps in zip(ema.parameters(), student.parameters(), strict=True):
+                pe.lerp_(ps.detach(), 1 - d)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            logger.log({"step": done, **logs_a, **logs})
+            bar.set_postfix(tv=f"{logs['tv_aux_teacher']:.3f}", aux=f"{logs_a['loss_aux']:.3f}")
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            tokens = student_pipe.generate_tokens(probe, seed=0)
+            logger.log({"step": done, "student_samples_logprob": teacher_logprob(teacher, tokens, probe, g)})
+            make_grid(student_pipe.decode(tokens), ncols=min(len(probe), 8), captions=probe).save(
+                out / "samples" / f"step-{done:06d}.png")
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            save_training(out / "checkpoints" / f"step-{done:06d}", cfg, modules, optimizers, {}, done)
+            prune_checkpoints(out, cfg.keep_checkpoints)
+        if stop_at is not None and done >= stop_at:
+            return out
+    return save_student(out / "student", cfg, ema, teacher, out / "metrics.jsonl")
