@@ -46,3 +46,16 @@ def test_autoregressive_baseline_bundled():
     assert ar.defaults.steps == 256
     images = ar("a blue circle", n=2, seed=0)
     assert [dominant_colour(im) for im in images] == ["blue", "blue"]
+
+
+def test_one_step_student_bundled():
+    """dimo-128, the Di[M]O student of muse-128, loads verified, takes one step and follows the
+    colour of a prompt in at least 3 of 4 images (its speckle sometimes outvotes a blue blob
+    with purple)."""
+    ckpt = load_checkpoint("dimo-128")
+    assert {"README.md", "sampler.json", "grid.png", "metrics.jsonl"} <= set(ckpt.files)
+    student = Pipeline.from_pretrained("dimo-128")
+    assert student.defaults.sampler == "one_step" and student.defaults.steps == 1
+    for colour in ("red", "blue", "yellow", "green"):
+        found = [dominant_colour(im) for im in student(f"a {colour} circle", n=4, seed=0)]
+        assert found.count(colour) >= 3, (colour, found)

@@ -154,9 +154,11 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
     logger = JsonlLogger(out / "metrics.jsonl", resume_step=start if resume else None)
     student_pipe = Pipeline(ema, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg, teacher))
     probe = list(cfg.sample_prompts)
-    if start == 0:  # the reference point for the student's teacher log-likelihood
+    if start == 0:  # reference points: the teacher's own samples, and the untrained student's
         ref = teacher.generate_tokens(probe, seed=0)
-        logger.log({"step": 0, "teacher_samples_logprob": teacher_logprob(teacher, ref, probe, g)})
+        logger.log({"step": 0, "teacher_samples_logprob": teacher_logprob(teacher, ref, probe, g),
+                    "student_samples_logprob": teacher_logprob(
+                        teacher, student_pipe.generate_tokens(probe, seed=0), probe, g)})
         make_grid(teacher.decode(ref), ncols=min(len(probe), 8), captions=probe).save(
             out / "samples" / "teacher.png")
 
