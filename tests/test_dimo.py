@@ -2,12 +2,16 @@
 toy Markov chain with an exact teacher, and the training run (resume, student folder, a
 converted aMUSEd teacher)."""
 
+import base64
 import copy
+import io
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+from fastapi.testclient import TestClient
+from PIL import Image
 from torch import nn
 
 from fastmuse.cli import main
@@ -18,6 +22,7 @@ from fastmuse.hub import load_checkpoint
 from fastmuse.models import MaskedTransformer, MaskedTransformerConfig
 from fastmuse.pipeline import Pipeline
 from fastmuse.sampling.one_step import embedding_noise, initial_state, token_embedding
+from fastmuse.serve.app import ServeSettings, create_app
 from fastmuse.train.masked import random_mask
 from helpers import tiny_dataset, tiny_pipeline
 
@@ -212,6 +217,14 @@ def test_run_resumes_exactly_and_the_student_loads(teacher, tmp_path):
         pipe("a red square", steps=4)
     with pytest.raises(ConfigError, match="noise"):
         pipe("a red square", noise=2.0)
+    with TestClient(create_app(pipe, ServeSettings(model_name="student"))) as client:  # serving
+        body = {"prompt": "a red square", "n": 2, "seed": 3, "size": "32x32", "response_format": "b64_json"}
+        r = client.post("/v1/images/generations", json=body)
+        assert r.status_code == 200, r.text
+        served = [Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))).tobytes() for d in r.json()["data"]]
+        assert served == [im.tobytes() for im in pipe("a red square", n=2, seed=3)]
+        r = client.post("/v1/images/generations", json={**body, "steps": 4})
+        assert r.status_code == 400 and "exactly 1" in r.json()["error"]["message"]
     out = tmp_path / "g.png"
     assert main(["generate", "a red square", "--model", str(student_dir), "--init-mask-ratio", "0.3",
                  "-o", str(out)]) == 0 and out.is_file()

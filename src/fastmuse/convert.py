@@ -30,7 +30,8 @@ DIFFUSERS_VERSION = "0.42.1"  # written into exported configs: the diffusers the
 TEXT_FILES = (".json", ".txt", ".model", ".safetensors")
 
 
-def _folder_files(folder: Path, prefix: str) -> dict[str, bytes]:
+def folder_files(folder: Path, prefix: str) -> dict[str, bytes]:
+    """Every file under `folder` as {prefix/relative path: bytes}: extra files of a model folder."""
     return {f"{prefix}/{p.relative_to(folder).as_posix()}": p.read_bytes()
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -54,7 +55,7 @@ def convert_public(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     if (src / "tokenizer").is_dir():  # diffusers keeps the text tokenizer beside the encoder
         files.update({f"text_encoder/{k}": v for k, v in _text_files(src / "tokenizer").items()})
     with tempfile.TemporaryDirectory() as tmp:
-        files.update(_folder_files(pipe.tokenizer.save_pretrained(Path(tmp) / "vq"), "tokenizer"))
+        files.update(folder_files(pipe.tokenizer.save_pretrained(Path(tmp) / "vq"), "tokenizer"))
     cfg = pipe.transformer.config
     arch = "U-ViT (aMUSEd)" if isinstance(pipe.transformer, UViT) else "MMDiT (Meissonic)"
     card = (f"# {src.name} (converted)\n\nConverted by `fastmuse convert {src} {out}`: "

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config, check_range
+from ..convert import folder_files
 from ..data.images import make_grid
 from ..data.tokens import build_token_data
 from ..errors import ConfigError
@@ -96,7 +97,7 @@ def teacher_logprob(teacher: Pipeline, tokens: torch.Tensor, prompts: list[str],
     return token_logprob(m, tokens, ctx, guidance if guidance > 0 else None, gen).mean().item()
 
 
-def student_defaults(cfg: DiMOConfig, teacher: Pipeline) -> SamplerDefaults:
+def student_defaults(cfg: DiMOConfig) -> SamplerDefaults:
     return SamplerDefaults(sampler="one_step", steps=1, guidance=0.0, temperature=1.0,
                            init_mask_ratio=cfg.init_mask_ratio, embed_noise=cfg.embed_noise)
 
@@ -105,12 +106,12 @@ def save_student(out: Path, cfg: DiMOConfig, student: torch.nn.Module, teacher: 
                  metrics: Path) -> Path:
     """A model folder: the student transformer, the one-step sampler defaults, the run's metrics
     and, for a converted teacher, its tokenizer/ and text_encoder/."""
-    pipe = Pipeline(student, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg, teacher))
+    pipe = Pipeline(student, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg))
     src = resolve(cfg.teacher)
-    files = {f"{sub}/{p.relative_to(src / sub).as_posix()}": p.read_bytes()
-             for sub in ("tokenizer", "text_encoder") if (src / sub).is_dir()
-             for p in sorted((src / sub).rglob("*")) if p.is_file()}
-    files["metrics.jsonl"] = metrics.read_bytes()
+    files = {"metrics.jsonl": metrics.read_bytes()}
+    for sub in ("tokenizer", "text_encoder"):
+        if (src / sub).is_dir():
+            files.update(folder_files(src / sub, sub))
     card = (f"# One-step Di[M]O student of {cfg.teacher}\n\n`fastmuse distill dimo`: {cfg.steps} student "
             f"updates, batch {cfg.batch_size}, {cfg.aux_updates} auxiliary updates each, teacher guidance "
             f"{teacher_guidance(cfg, teacher)}. One forward pass per image; config in the run folder.\n")
@@ -152,7 +153,7 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
     (out / "samples").mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.json")
     logger = JsonlLogger(out / "metrics.jsonl", resume_step=start if resume else None)
-    student_pipe = Pipeline(ema, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg, teacher))
+    student_pipe = Pipeline(ema, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg))
     probe = list(cfg.sample_prompts)
     if start == 0:  # reference points: the teacher's own samples, and the untrained student's
         ref = teacher.generate_tokens(probe, seed=0)
