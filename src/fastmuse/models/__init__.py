@@ -4,6 +4,7 @@ import os
 from ..errors import CheckpointError
 from ..hub import CONFIG_NAME, resolve
 from .autoregressive import ARTransformer, ARTransformerConfig
+from .dit import DiT, DiTConfig
 from .mmdit import MMDiT, MMDiTConfig
 from .transformer import MaskedTransformer, MaskedTransformerConfig, TextContext
 from .uvit import UViT, UViTConfig
@@ -32,6 +33,6 @@ def load_transformer(name_or_dir: str | os.PathLike) -> MaskedTransformer:
     return TRANSFORMERS[transformer_kind(name_or_dir)].from_pretrained(name_or_dir)
 
 
-__all__ = ["ARTransformer", "ARTransformerConfig", "MaskedTransformer", "MaskedTransformerConfig",
-           "MMDiT", "MMDiTConfig", "TextContext", "Transformer", "TRANSFORMERS", "UViT", "UViTConfig",
-           "load_transformer", "transformer_kind"]
+__all__ = ["ARTransformer", "ARTransformerConfig", "DiT", "DiTConfig", "MaskedTransformer",
+           "MaskedTransformerConfig", "MMDiT", "MMDiTConfig", "TextContext", "Transformer", "TRANSFORMERS",
+           "UViT", "UViTConfig", "load_transformer", "transformer_kind"]

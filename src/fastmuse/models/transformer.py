@@ -154,6 +154,21 @@ class Block(nn.Module):
         return x + g2.unsqueeze(1) * self.mlp(modulate(self.norm3(x), s2, sc2))
 
 
+def text_context(model: nn.Module, text: TextEmbedding) -> TextContext:
+    """The TextContext of a model built from `Block`s with `text_proj` (per-token states),
+    `cond` (pooled vector) and `head` (whose dtype it runs in): shared by the masked
+    transformer and the diffusion transformer (dit.py)."""
+    cfg = model.config
+    if text.hidden.shape[-1] != cfg.text_dim or text.pooled.shape[-1] != cfg.pooled_dim:
+        raise ConfigError(f"text embedding dims ({text.hidden.shape[-1]}, {text.pooled.shape[-1]}) "
+                          f"do not match the model's (text_dim {cfg.text_dim}, pooled_dim "
+                          f"{cfg.pooled_dim}); it was trained with the {cfg.text_encoder!r} encoder")
+    dtype = model.head.weight.dtype
+    states = model.text_proj(text.hidden.to(dtype))
+    return TextContext(model.cond(text.pooled.to(dtype)), [blk.text_kv(states) for blk in model.blocks],
+                       text.mask[:, None, None, :].bool())
+
+
 class MaskedTransformer(PretrainedMixin, nn.Module):
     config_class = MaskedTransformerConfig
     causal = False  # bidirectional self-attention; models/autoregressive.py sets it
@@ -192,15 +207,7 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
         return self.config.mask_id
 
     def prepare_text(self, text: TextEmbedding) -> TextContext:
-        cfg = self.config
-        if text.hidden.shape[-1] != cfg.text_dim or text.pooled.shape[-1] != cfg.pooled_dim:
-            raise ConfigError(f"text embedding dims ({text.hidden.shape[-1]}, {text.pooled.shape[-1]}) "
-                              f"do not match the model's (text_dim {cfg.text_dim}, pooled_dim "
-                              f"{cfg.pooled_dim}); it was trained with the {cfg.text_encoder!r} encoder")
-        dtype = self.head.weight.dtype
-        states = self.text_proj(text.hidden.to(dtype))
-        return TextContext(self.cond(text.pooled.to(dtype)), [blk.text_kv(states) for blk in self.blocks],
-                           text.mask[:, None, None, :].bool())
+        return text_context(self, text)
 
     def forward(self, tokens: torch.Tensor, text: TextContext | TextEmbedding) -> torch.Tensor:
         """tokens [B, H, W] long -> logits [B, H, W, codebook_size]."""

@@ -1,0 +1,119 @@
+"""A text-conditioned diffusion transformer on pixels (DiT-style), in TrigFlow form: the
+continuous-family teacher that the DMD and sCM students distil (sampling/trigflow.py).
+
+    x_t [B, 3, H, W] / sigma_d -> p x p patches -> Linear -> + row/column position embeddings
+      -> depth x Block (models/transformer.py: adaLN-Zero self-attention, cross-attention to the
+         text states, MLP), modulated by c = MLP(pooled text) + MLP(sinusoid(t))
+      -> modulated LN -> Linear -> patches -> F [B, 3, H, W];   velocity v = sigma_d F
+
+Pixels, not a latent: 128 px with 8 x 8 patches is a 16 x 16 grid, the masked model's, so the
+two families compare at equal sequence length, with no autoencoder to train first. The time
+embedding takes t in [0, pi/2] unscaled, so the highest frequency is 1: smooth in t, as sCM's
+tangents need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Config, check_range
+from ..errors import ConfigError
+from ..hub import PretrainedMixin
+from ..text.encoders import TextEmbedding
+from .transformer import Block, TextContext, modulate, text_context
+from .uvit import sinusoid
+
+
+@dataclass
+class DiTConfig(Config):
+    kind = "dit"
+    resolution: int = 128
+    patch: int = 8
+    channels: int = 3
+    dim: int = 256
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    text_dim: int = 384
+    pooled_dim: int = 384
+    text_encoder: str = "minilm"
+    sigma_d: float = 0.5  # data standard deviation: pixels in [-1, 1] are scaled to it
+
+    def validate(self) -> None:
+        for name in ("resolution", "patch", "channels", "dim", "depth", "heads", "text_dim", "pooled_dim"):
+            check_range(name, getattr(self, name), 1)
+        check_range("sigma_d", self.sigma_d, 1e-3)
+        if self.resolution % self.patch:
+            raise ConfigError(f"'resolution' is {self.resolution}; accepted: a multiple of 'patch' "
+                              f"({self.patch})")
+        if self.dim % self.heads:
+            raise ConfigError(f"'dim' is {self.dim}; accepted: a multiple of 'heads' ({self.heads})")
+
+    @property
+    def grid(self) -> int:
+        return self.resolution // self.patch
+
+
+class DiT(PretrainedMixin, nn.Module):
+    config_class = DiTConfig
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        patch_dim = cfg.channels * cfg.patch**2
+        self.patch_in = nn.Linear(patch_dim, cfg.dim)
+        self.row_emb = nn.Parameter(torch.zeros(cfg.grid, cfg.dim))
+        self.col_emb = nn.Parameter(torch.zeros(cfg.grid, cfg.dim))
+        self.text_proj = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, cfg.dim))
+        self.cond = nn.Sequential(nn.Linear(cfg.pooled_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Linear(cfg.dim, 2 * cfg.dim)
+        self.head = nn.Linear(cfg.dim, patch_dim)
+        self._init()
+
+    def _init(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.row_emb, std=0.02)
+        nn.init.normal_(self.col_emb, std=0.02)
+        for blk in self.blocks:  # adaLN-Zero: blocks start as the identity, the output at zero
+            nn.init.zeros_(blk.ada.weight)
+            nn.init.zeros_(blk.ada.bias)
+        for m in (self.ada_out, self.head):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def prepare_text(self, text: TextEmbedding) -> TextContext:
+        return text_context(self, text)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: TextContext | TextEmbedding) -> torch.Tensor:
+        """x [B, C, H, W] (already divided by sigma_d), t [B] in [0, pi/2] -> F [B, C, H, W]."""
+        ctx = self.prepare_text(text) if isinstance(text, TextEmbedding) else text
+        cfg, (b, ch, h, w) = self.config, x.shape
+        p = cfg.patch
+        if ch != cfg.channels or h % p or w % p or h > cfg.resolution or w > cfg.resolution:
+            raise ConfigError(f"input {ch}x{h}x{w}; accepted: {cfg.channels} channels, sides multiples of "
+                              f"{p} up to {cfg.resolution}")
+        gh, gw = h // p, w // p
+        patches = x.view(b, ch, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, ch * p * p)
+        pos = (self.row_emb[:gh, None] + self.col_emb[None, :gw]).reshape(gh * gw, -1)
+        tokens = self.patch_in(patches.to(self.head.weight.dtype)) + pos
+        c = ctx.c + self.time(sinusoid(t, cfg.dim).to(ctx.c.dtype))
+        for blk, kv in zip(self.blocks, ctx.kv, strict=True):
+            tokens = blk(tokens, c, kv, ctx.mask)
+        shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
+        out = self.head(modulate(self.norm_out(tokens), shift, scale))
+        return out.view(b, gh, gw, ch, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, ch, h, w)
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, ctx: TextContext) -> torch.Tensor:
+        """dx_t/dt = sigma_d F(x_t / sigma_d, t): what sampling/trigflow.py's closures return."""
+        s = self.config.sigma_d
+        return s * self(x_t / s, t, ctx).float()
