@@ -24,7 +24,7 @@ from ..config import Config, check_range
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
-from .transformer import Block, TextContext, modulate, text_context
+from .transformer import Block, TextContext, init_adaln_zero, modulate, text_context
 from .uvit import sinusoid
 
 
@@ -75,21 +75,8 @@ class DiT(PretrainedMixin, nn.Module):
         self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(cfg.dim, 2 * cfg.dim)
         self.head = nn.Linear(cfg.dim, patch_dim)
-        self._init()
-
-    def _init(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        nn.init.normal_(self.row_emb, std=0.02)
-        nn.init.normal_(self.col_emb, std=0.02)
-        for blk in self.blocks:  # adaLN-Zero: blocks start as the identity, the output at zero
-            nn.init.zeros_(blk.ada.weight)
-            nn.init.zeros_(blk.ada.bias)
-        for m in (self.ada_out, self.head):
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
+        init_adaln_zero(self, (self.row_emb, self.col_emb))
+        nn.init.zeros_(self.head.weight)  # the output starts at zero
 
     def prepare_text(self, text: TextEmbedding) -> TextContext:
         return text_context(self, text)

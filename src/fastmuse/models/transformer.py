@@ -169,6 +169,21 @@ def text_context(model: nn.Module, text: TextEmbedding) -> TextContext:
                        text.mask[:, None, None, :].bool())
 
 
+def init_adaln_zero(model: nn.Module, embeddings: tuple[torch.Tensor, ...]) -> None:
+    """DiT's initialisation for a model of `Block`s with `ada_out`: Xavier linears with zero
+    biases, N(0, 0.02) embeddings, and adaLN-Zero (every block's and the output's modulation at
+    zero, so blocks start as the identity)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    for p in embeddings:
+        nn.init.normal_(p, std=0.02)
+    for layer in [blk.ada for blk in model.blocks] + [model.ada_out]:
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+
+
 class MaskedTransformer(PretrainedMixin, nn.Module):
     config_class = MaskedTransformerConfig
     causal = False  # bidirectional self-attention; models/autoregressive.py sets it
@@ -186,20 +201,7 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
         self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(cfg.dim, 2 * cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.codebook_size)
-        self._init()
-
-    def _init(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        for p in (self.tok_emb.weight, self.row_emb, self.col_emb):
-            nn.init.normal_(p, std=0.02)
-        for blk in self.blocks:  # adaLN-Zero: every block starts as the identity
-            nn.init.zeros_(blk.ada.weight)
-            nn.init.zeros_(blk.ada.bias)
-        nn.init.zeros_(self.ada_out.weight)
-        nn.init.zeros_(self.ada_out.bias)
+        init_adaln_zero(self, (self.tok_emb.weight, self.row_emb, self.col_emb))
         nn.init.normal_(self.head.weight, std=0.02)
 
     @property
