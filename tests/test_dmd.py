@@ -8,14 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from fastmuse.distill.dmd import dm_grad, fake_loss, few_step_sample, generator_loss, student_times
+from fastmuse.distill.dmd import dm_grad, fake_loss, generator_loss
 from fastmuse.sampling.trigflow import (
     SIGMA_D,
     add_noise,
     denoise,
+    few_step_sample,
     flow_loss,
     ode_sample,
     sample_time,
+    student_times,
     velocity_target,
 )
 

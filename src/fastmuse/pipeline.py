@@ -1,6 +1,8 @@
 """Text -> image: text encoder + masked transformer + MaskGIT sampler + VQ decoder
 (or, for the autoregressive baseline, + raster-order sampler; for a Di[M]O student, the
-one-step sampler that `sampler.json` names).
+one-step sampler that `sampler.json` names). A pixel diffusion transformer (DiT, the DMD/sCM
+teacher) has no tokenizer: its "tokens" are the sampled pixels, from the probability-flow ODE,
+or for a distilled student its few-step sampler.
 
     pipe = Pipeline.from_pretrained("muse-128")          # a bundled name or a folder
     images = pipe("red heart", n=4, steps=12, guidance=3.0, seed=0)   # list of PIL images
@@ -25,18 +27,19 @@ from PIL import Image
 from .editing import EditingMixin
 from .errors import CheckpointError, ConfigError
 from .hub import resolve
-from .models import ARTransformer, MaskedTransformer, TextContext, load_transformer
+from .models import ARTransformer, DiT, MaskedTransformer, TextContext, load_transformer
 from .models.from_diffusers import load_diffusers_transformer
 from .sampling.autoregressive import ar_sample, check_ar_args
-from .sampling.maskgit import Generators, check_sampler_args, maskgit_sample
+from .sampling.maskgit import Generators, check_sampler_args, maskgit_sample, random
 from .sampling.one_step import check_one_step_args, one_step_sample
+from .sampling.trigflow import check_ode_args, few_step_sample, ode_sample, student_times
 from .sampling.windows import fill_windows
 from .text.encoders import TextEncoder, check_prompts, load_text_encoder
 from .tokenizer import VQTokenizer
 
 SAMPLER_FILE = "sampler.json"
 MAX_IMAGES = 64  # per call: n * len(prompts)
-SAMPLERS = ("maskgit", "one_step")
+SAMPLERS = ("maskgit", "one_step", "ode", "few_step")
 
 
 @dataclass
@@ -48,10 +51,13 @@ class SamplerDefaults:
     temperature: float = 1.0
     noise: float = 4.5
     top_k: int = 0  # autoregressive models only (0: no cut)
-    # "maskgit" (iterative), or "one_step" for a Di[M]O student with its initial-state settings
+    # "maskgit" (iterative), or "one_step" for a Di[M]O student with its initial-state settings;
+    # diffusion models: "ode" (the teacher, with `solver`) or "few_step" (a DMD student trained
+    # for `steps` steps, which also runs at any divisor of them: a subset of its times)
     sampler: str = "maskgit"
     init_mask_ratio: float = 0.6
     embed_noise: float = 0.1
+    solver: str = "heun"
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -92,7 +98,13 @@ class SamplingRun:
     generator: Generators
 
     def fill(self, init: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-        """Tokens [B, h, w] with MASK where unknown -> completed, window by window."""
+        """Tokens [B, h, w] with MASK where unknown -> completed, window by window.
+        A diffusion model: noise [B, C, H, W] (std sigma_d) -> pixels scaled to sigma_d."""
+        if isinstance(self.model, DiT):
+            velocity = self.model.guided(self.cond, self.uncond, self.guidance)
+            if "solver" in self.options:
+                return ode_sample(velocity, init, self.steps, **self.options)
+            return few_step_sample(velocity, init, student_times(self.steps), self.generator)
         if isinstance(self.model, ARTransformer):
             g = self.model.config.grid
             if tuple(init.shape[-2:]) != (g, g) or bool((init != self.model.mask_id).any()):
@@ -112,13 +124,15 @@ class SamplingRun:
 
 
 class Pipeline(EditingMixin):
-    def __init__(self, transformer: MaskedTransformer, tokenizer: VQTokenizer, text_encoder: TextEncoder,
-                 defaults: SamplerDefaults | None = None) -> None:
+    def __init__(self, transformer: MaskedTransformer | DiT, tokenizer: VQTokenizer | None,
+                 text_encoder: TextEncoder, defaults: SamplerDefaults | None = None) -> None:
         cfg = transformer.config
-        if tokenizer.codebook_size != cfg.codebook_size:
+        if (tokenizer is None) != isinstance(transformer, DiT):
+            raise ConfigError("a token model needs its image tokenizer; a pixel diffusion model takes none")
+        if tokenizer is not None and tokenizer.codebook_size != cfg.codebook_size:
             raise ConfigError(f"tokenizer has {tokenizer.codebook_size} codes, the transformer predicts "
                               f"{cfg.codebook_size}")
-        self.transformer, self.tokenizer = transformer.eval(), tokenizer.eval()
+        self.transformer, self.tokenizer = transformer.eval(), tokenizer and tokenizer.eval()
         self.text_encoder = text_encoder
         self.defaults = defaults or SamplerDefaults()
         self._uncond = None
@@ -131,8 +145,8 @@ class Pipeline(EditingMixin):
             return cls._from_diffusers(folder, text_encoder)
         transformer = load_transformer(folder)
         cfg = transformer.config
-        tokenizer = VQTokenizer.from_pretrained(folder / "tokenizer" if (folder / "tokenizer").is_dir()
-                                                else cfg.tokenizer)
+        tokenizer = None if isinstance(transformer, DiT) else VQTokenizer.from_pretrained(
+            folder / "tokenizer" if (folder / "tokenizer").is_dir() else cfg.tokenizer)
         inside = folder / cfg.text_encoder  # a converted model carries its encoder (text_encoder/)
         encoder = text_encoder or load_text_encoder(inside if inside.is_dir() else cfg.text_encoder)
         return cls(transformer, tokenizer, encoder, SamplerDefaults.load(folder))
@@ -152,6 +166,8 @@ class Pipeline(EditingMixin):
 
     @property
     def resolution(self) -> int:
+        if self.tokenizer is None:
+            return self.transformer.config.resolution
         return self.transformer.config.grid * self.tokenizer.downsample
 
     def uncond(self):
@@ -189,6 +205,16 @@ class Pipeline(EditingMixin):
                 raise ConfigError(f"steps is {steps!r}; the autoregressive model takes one step per "
                                   f"token: {tokens}")
             steps = tokens
+        elif isinstance(m, DiT) and d.sampler == "few_step":
+            opts = {}
+            accepted = [k for k in range(1, d.steps + 1) if d.steps % k == 0]
+            steps = d.steps if steps is None else steps
+            if steps not in accepted:
+                raise ConfigError(f"steps is {steps!r}; this {d.steps}-step student takes "
+                                  f"{', '.join(map(str, accepted))}")
+        elif isinstance(m, DiT):
+            opts = {"solver": d.solver}
+            steps = d.steps if steps is None else steps
         elif d.sampler == "one_step":
             opts = {"temperature": d.temperature, "init_mask_ratio": d.init_mask_ratio,
                     "embed_noise": d.embed_noise}
@@ -204,7 +230,9 @@ class Pipeline(EditingMixin):
             raise ConfigError(f"sampler option {unknown[0]!r} does not apply to this model; accepted: "
                               f"{', '.join(opts)}")
         opts.update(sampler)
-        if isinstance(m, ARTransformer):
+        if isinstance(m, DiT):
+            check_ode_args(steps, guidance, opts.get("solver", "heun"))
+        elif isinstance(m, ARTransformer):
             check_ar_args(guidance, opts["temperature"], opts["top_k"])
         elif d.sampler == "one_step":
             check_one_step_args(guidance, opts["temperature"], opts["init_mask_ratio"], opts["embed_noise"])
@@ -215,6 +243,14 @@ class Pipeline(EditingMixin):
         uncond = self.uncond().repeat(sum(counts)) if guidance > 0 else None
         return SamplingRun(m, cond, uncond, steps, guidance, opts, generator)
 
+    def network_evaluations(self, steps: int, guidance: float) -> int:
+        """Forward passes per image (a guided pass counts twice: it runs the batch twice)."""
+        d = self.defaults
+        per_step = 2 if guidance > 0 else 1
+        if isinstance(self.transformer, DiT) and d.sampler == "ode" and d.solver == "heun":
+            return (2 * steps - 1) * per_step  # Heun: two evaluations per step but the last
+        return steps * per_step
+
     @torch.no_grad()
     def generate_tokens(self, prompts: str | list[str], n: int | list[int] = 1, steps: int | None = None,
                         guidance: float | None = None, seed: int | list[int] = 0,
@@ -224,8 +260,14 @@ class Pipeline(EditingMixin):
         starting canvas [h, w] or [len(prompts) * n, h, w] with MASK where to generate; other
         tokens are kept. Canvases larger than the model grid are sampled in windows."""
         run = self.sampling(check_prompts(prompts), n, steps, guidance, seed, **sampler)
-        b, g = run.cond.c.shape[0], self.transformer.config.grid
-        return run.fill(torch.full((b, g, g), self.transformer.mask_id) if init is None else
+        b, cfg = run.cond.c.shape[0], self.transformer.config
+        if isinstance(self.transformer, DiT):
+            if init is not None:
+                raise ConfigError("init (a token canvas) needs a masked model; this is a pixel diffusion "
+                                  "model")
+            shape = (b, cfg.channels, cfg.resolution, cfg.resolution)
+            return run.fill(cfg.sigma_d * random(shape, run.generator, normal=True))
+        return run.fill(torch.full((b, cfg.grid, cfg.grid), self.transformer.mask_id) if init is None else
                         self._check_init(init, b))
 
     def _check_init(self, init: torch.Tensor, b: int) -> torch.Tensor:
@@ -244,6 +286,8 @@ class Pipeline(EditingMixin):
     def decode(self, tokens: torch.Tensor) -> list[Image.Image]:
         from .data.images import to_pil
 
+        if self.tokenizer is None:  # a diffusion model's pixels, scaled to sigma_d
+            return [to_pil(im) for im in (tokens / self.transformer.config.sigma_d).clamp(-1, 1)]
         return [to_pil(im) for im in self.tokenizer.decode(tokens).clamp(-1, 1)]
 
     def __call__(self, prompts: str | list[str], n: int | list[int] = 1, steps: int | None = None,

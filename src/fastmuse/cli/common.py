@@ -70,6 +70,8 @@ def add_sampler_args(p: argparse.ArgumentParser, n_default: int = 1) -> None:
                    help="one-step models: fraction of the random initial tokens set to MASK")
     p.add_argument("--embed-noise", type=float, default=None,
                    help="one-step models: Gaussian noise on the initial token embeddings")
+    p.add_argument("--solver", default=None,
+                   help="diffusion models: ODE solver, euler or heun (default heun)")
 
 
 def sampler_options(a: argparse.Namespace) -> dict[str, Any]:
@@ -78,7 +80,7 @@ def sampler_options(a: argparse.Namespace) -> dict[str, Any]:
     return opts | {k: v for k, v in (("schedule", a.schedule), ("guidance_schedule", a.guidance_schedule),
                                      ("temperature", a.temperature), ("noise", a.noise),
                                      ("top_k", a.top_k), ("init_mask_ratio", a.init_mask_ratio),
-                                     ("embed_noise", a.embed_noise)) if v is not None}
+                                     ("embed_noise", a.embed_noise), ("solver", a.solver)) if v is not None}
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:

@@ -28,10 +28,10 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
     results = []
     for model in a.model:
-        # autoregressive models take one step per token, one-step students one: one row each,
-        # whatever --steps says
+        # autoregressive models take one step per token, distilled students the steps they were
+        # trained for: one row each, whatever --steps says
         fixed = transformer_kind(model) == ARTransformerConfig.kind or \
-            SamplerDefaults.load(resolve(model)).sampler == "one_step"
+            SamplerDefaults.load(resolve(model)).sampler in ("one_step", "few_step")
         for steps in [None] if fixed else a.steps or [None]:
             s = EvalSettings(seeds=a.seeds, steps=steps, guidance=a.guidance)
             label = f"{Path(model).name}-{steps or 'default'}steps"

@@ -11,16 +11,21 @@ generator moves x along
 the gradient of KL(p_G || p_data) averaged over noise levels; the surrogate
 0.5 |x - sg(x - grad)|^2 has exactly that gradient w.r.t. x. DMD2 updates the fake denoiser
 several times per generator update (two time scales) instead of adding DMD1's regression
-loss. The functions take velocity closures (sampling/trigflow.py), so the tests drive them
-with exact Gaussian-mixture scores and small networks.
+loss, and adds a GAN: a small head on the fake denoiser's features tells noised real images
+from noised G samples (non-saturating losses). The functions take closures (velocity, or
+logits of noised images), so the tests drive them with exact Gaussian-mixture scores and
+small networks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from ..sampling.trigflow import SIGMA_D, T_MAX, Velocity, add_noise, denoise, flow_loss, sample_time
+from ..sampling.trigflow import SIGMA_D, Velocity, add_noise, denoise, flow_loss, sample_time
 
 
 def dm_grad(x: torch.Tensor, real_x0: torch.Tensor, fake_x0: torch.Tensor) -> torch.Tensor:
@@ -50,25 +55,38 @@ def fake_loss(x: torch.Tensor, fake: Velocity, generator: torch.Generator | None
     return flow_loss(fake, x, t, SIGMA_D * torch.randn(x.shape, generator=generator))
 
 
-def student_times(steps: int) -> list[float]:
-    """The few-step generator's times: pi/2 then evenly spaced down (DMD2's 4-step student
-    uses a fixed schedule of this kind); one step is pi/2 alone."""
-    return [T_MAX * (steps - i) / steps for i in range(steps)]
+Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> one logit per sample
 
 
-def few_step_sample(velocity: Velocity, z: torch.Tensor, times: list[float],
-                    generator: torch.Generator | None = None, upto: int | None = None) -> torch.Tensor:
-    """The student's sampler, a pure function: denoise z (std sigma_d) at times[0], re-noise the
-    result to times[1], denoise, ... With `upto` = k, stop before step k and return its noisy
-    input instead: DMD2's backward simulation (the generator trains on its own intermediate
-    samples, not on noised real images)."""
-    x = z
-    for i, t in enumerate(times[:upto]):
-        tt = torch.full((len(z),), t, dtype=z.dtype)
-        if i > 0:
-            x = add_noise(x, tt, SIGMA_D * torch.randn(z.shape, generator=generator, dtype=z.dtype))
-        x = denoise(x, tt, velocity(x, tt))
-    if upto is not None and 0 < upto < len(times):
-        tt = torch.full((len(z),), times[upto], dtype=z.dtype)
-        x = add_noise(x, tt, SIGMA_D * torch.randn(z.shape, generator=generator, dtype=z.dtype))
-    return x
+class DiscriminatorHead(nn.Module):
+    """DMD2's GAN classifier on the fake denoiser's features [B, N, dim]: a per-token MLP, its
+    logits averaged into one per image. Zero-initialised output: it starts undecided."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features.float()).mean((1, 2))
+
+
+def _noised(x: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    t = sample_time(len(x), generator=generator)
+    return add_noise(x, t, SIGMA_D * torch.randn(x.shape, generator=generator)), t
+
+
+def gan_generator_loss(x: torch.Tensor, logits: Logits, generator: torch.Generator | None = None
+                       ) -> torch.Tensor:
+    """Non-saturating generator loss softplus(-D(x_t)) on G's samples x (with their graph)."""
+    return F.softplus(-logits(*_noised(x, generator))).mean()
+
+
+def gan_discriminator_loss(real: torch.Tensor, fake: torch.Tensor, logits: Logits,
+                           generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """softplus(D(fake_t)) + softplus(-D(real_t)) at the teacher's training times."""
+    l_real, l_fake = logits(*_noised(real, generator)), logits(*_noised(fake.detach(), generator))
+    loss = F.softplus(-l_real).mean() + F.softplus(l_fake).mean()
+    return loss, {"loss_disc": loss.item(), "disc_real": torch.sigmoid(l_real).mean().item(),
+                  "disc_fake": torch.sigmoid(l_fake).mean().item()}

@@ -10,14 +10,14 @@ from .transformer import MaskedTransformer, MaskedTransformerConfig, TextContext
 from .uvit import UViT, UViTConfig
 
 Transformer = MaskedTransformer | UViT | MMDiT  # what a pipeline samples from
-TRANSFORMERS: dict[str, type[Transformer]] = {
+TRANSFORMERS: dict[str, type[Transformer] | type[DiT]] = {
     MaskedTransformerConfig.kind: MaskedTransformer, ARTransformerConfig.kind: ARTransformer,
-    UViTConfig.kind: UViT, MMDiTConfig.kind: MMDiT}
+    UViTConfig.kind: UViT, MMDiTConfig.kind: MMDiT, DiTConfig.kind: DiT}
 
 
 def transformer_kind(name_or_dir: str | os.PathLike) -> str:
     """The `kind` a transformer folder's config.json names (masked_transformer, ar_transformer,
-    uvit, mmdit)."""
+    uvit, mmdit, dit)."""
     path = resolve(name_or_dir) / CONFIG_NAME
     try:
         kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
@@ -29,7 +29,7 @@ def transformer_kind(name_or_dir: str | os.PathLike) -> str:
 
 
 def load_transformer(name_or_dir: str | os.PathLike) -> MaskedTransformer:
-    """A masked, autoregressive, U-ViT or MMDiT transformer, whichever the folder holds."""
+    """A masked, autoregressive, U-ViT, MMDiT or diffusion transformer, whichever the folder holds."""
     return TRANSFORMERS[transformer_kind(name_or_dir)].from_pretrained(name_or_dir)
 
 

@@ -15,6 +15,7 @@ tangents need.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,9 @@ from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
 from .transformer import Block, TextContext, init_adaln_zero, modulate, text_context
 from .uvit import sinusoid
+
+if TYPE_CHECKING:
+    from ..sampling.trigflow import Velocity
 
 
 @dataclass
@@ -81,8 +85,10 @@ class DiT(PretrainedMixin, nn.Module):
     def prepare_text(self, text: TextEmbedding) -> TextContext:
         return text_context(self, text)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, text: TextContext | TextEmbedding) -> torch.Tensor:
-        """x [B, C, H, W] (already divided by sigma_d), t [B] in [0, pi/2] -> F [B, C, H, W]."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: TextContext | TextEmbedding,
+                features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x [B, C, H, W] (already divided by sigma_d), t [B] in [0, pi/2] -> F [B, C, H, W];
+        with `features`, also the last block's tokens [B, N, dim] (DMD2's discriminator input)."""
         ctx = self.prepare_text(text) if isinstance(text, TextEmbedding) else text
         cfg, (b, ch, h, w) = self.config, x.shape
         p = cfg.patch
@@ -98,9 +104,24 @@ class DiT(PretrainedMixin, nn.Module):
             tokens = blk(tokens, c, kv, ctx.mask)
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
         out = self.head(modulate(self.norm_out(tokens), shift, scale))
-        return out.view(b, gh, gw, ch, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, ch, h, w)
+        out = out.view(b, gh, gw, ch, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, ch, h, w)
+        return (out, tokens) if features else out
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, ctx: TextContext) -> torch.Tensor:
         """dx_t/dt = sigma_d F(x_t / sigma_d, t): what sampling/trigflow.py's closures return."""
         s = self.config.sigma_d
         return s * self(x_t / s, t, ctx).float()
+
+    def guided(self, cond: TextContext, uncond: TextContext | None, guidance: float) -> Velocity:
+        """The velocity closure the samplers take, with classifier-free guidance in our masked
+        models' convention: v = v_c + g (v_c - v_u), so g = 0 is the plain conditional model;
+        both halves run as one batch."""
+        if uncond is None or guidance == 0:
+            return lambda x, t: self.velocity(x, t, cond)
+        both = TextContext.cat([cond, uncond])
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            v_c, v_u = self.velocity(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
+            return v_c + guidance * (v_c - v_u)
+
+        return velocity

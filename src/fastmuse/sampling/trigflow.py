@@ -19,6 +19,9 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import ConfigError
+from .maskgit import Generators, random
+
 SIGMA_D = 0.5
 T_MAX = math.pi / 2
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -54,14 +57,26 @@ def flow_loss(velocity: Velocity, x0: torch.Tensor, t: torch.Tensor, z: torch.Te
     return (velocity(add_noise(x0, t, z), t) - velocity_target(x0, t, z)).pow(2).mean()
 
 
+SOLVERS = ("euler", "heun")
+
+
+def check_ode_args(steps: int, guidance: float, solver: str) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps is {steps!r}; accepted: an integer >= 1")
+    if not isinstance(guidance, int | float) or not 0 <= guidance <= 50:
+        raise ConfigError(f"guidance is {guidance!r}; accepted: a number in [0, 50] (0 = off)")
+    if solver not in SOLVERS:
+        raise ConfigError(f"solver is {solver!r}; accepted: {', '.join(SOLVERS)}")
+
+
 @torch.no_grad()
 def ode_sample(velocity: Velocity, z: torch.Tensor, steps: int, solver: str = "heun",
                t_max: float = T_MAX, t_min: float = 0.0) -> torch.Tensor:
     """Probability-flow ODE from x = z (noise, std sigma_d) at t_max down to t_min, `steps`
     uniform steps in t. "euler": the TrigFlow DDIM step; "heun": its second-order correction
     (averaging the velocities at both ends, except on the last step to t_min = 0)."""
-    if solver not in ("euler", "heun"):
-        raise ValueError(f"solver is {solver!r}; accepted: euler, heun")
+    if solver not in SOLVERS:
+        raise ConfigError(f"solver is {solver!r}; accepted: {', '.join(SOLVERS)}")
     ts = torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64).tolist()
     x = z
     for t, s in zip(ts[:-1], ts[1:], strict=True):
@@ -72,4 +87,28 @@ def ode_sample(velocity: Velocity, z: torch.Tensor, steps: int, solver: str = "h
             v = 0.5 * (v + velocity(x_next, torch.full((len(x),), s, dtype=z.dtype)))
             x_next = cos * x - sin * v
         x = x_next
+    return x
+
+
+def student_times(steps: int) -> list[float]:
+    """The few-step generator's times: pi/2 then evenly spaced down (DMD2's 4-step student
+    uses a fixed schedule of this kind); one step is pi/2 alone."""
+    return [T_MAX * (steps - i) / steps for i in range(steps)]
+
+
+def few_step_sample(velocity: Velocity, z: torch.Tensor, times: list[float], generator: Generators = None,
+                    upto: int | None = None) -> torch.Tensor:
+    """The student's sampler, a pure function: denoise z (std sigma_d) at times[0], re-noise the
+    result to times[1], denoise, ... With `upto` = k, stop before step k and return its noisy
+    input instead: DMD2's backward simulation (the generator trains on its own intermediate
+    samples, not on noised real images). `generator` may be per-row (server batching)."""
+    x = z
+    for i, t in enumerate(times[:upto]):
+        tt = torch.full((len(z),), t, dtype=z.dtype)
+        if i > 0:
+            x = add_noise(x, tt, SIGMA_D * random(z.shape, generator, z.device, normal=True))
+        x = denoise(x, tt, velocity(x, tt))
+    if upto is not None and 0 < upto < len(times):
+        tt = torch.full((len(z),), times[upto], dtype=z.dtype)
+        x = add_noise(x, tt, SIGMA_D * random(z.shape, generator, z.device, normal=True))
     return x

@@ -9,6 +9,8 @@ resume: the batch, its masks and caption choices are functions of (seed, step, r
 
 A config whose model is an `ar_transformer` trains the autoregressive baseline the same way
 (same data, captions, optimiser, EMA), with next-token cross-entropy on every token instead.
+A `dit` model is the pixel diffusion teacher: the cache keeps pixels instead of tokens and
+the loss is TrigFlow's flow loss (sampling/trigflow.py) at sCM's log-normal times.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from tqdm import tqdm
 
 from ..config import Config, check_range
 from ..data.images import make_grid, to_pil
-from ..data.tokens import TokenData, TokenSplit, build_token_data
+from ..data.tokens import TokenData, TokenSplit, build_token_data, from_uint8
 from ..errors import ConfigError
-from ..models import TRANSFORMERS, MMDiTConfig, Transformer, UViTConfig
+from ..models import TRANSFORMERS, DiT, DiTConfig, MMDiTConfig, Transformer, UViTConfig
 from ..models.autoregressive import ARTransformer, ARTransformerConfig
 from ..models.transformer import MaskedTransformerConfig
 from ..sampling.autoregressive import ar_sample
 from ..sampling.maskgit import maskgit_sample
+from ..sampling.trigflow import flow_loss, ode_sample, sample_time
 from ..text.cache import EmbeddingCache
 from .distributed import make_accelerator
 from .log import JsonlLogger
@@ -47,7 +50,7 @@ SAMPLE_PROMPTS = ("red heart", "smiling face with sunglasses", "pizza", "a blue 
 @dataclass
 class TransformerTrainConfig(Config):
     kind = "train_transformer"
-    model: MaskedTransformerConfig | ARTransformerConfig | UViTConfig | MMDiTConfig = field(
+    model: MaskedTransformerConfig | ARTransformerConfig | UViTConfig | MMDiTConfig | DiTConfig = field(
         default_factory=MaskedTransformerConfig)
     data: tuple[str, ...] = ("data/emoji", "shapes:0")  # folders / shards / shapes:SEED
     repeats: tuple[int, ...] = (1, 1)  # per source: times its samples appear per epoch
@@ -145,6 +148,46 @@ def loss_inputs(tokens: torch.Tensor, mcfg: MaskedTransformerConfig,
     return random_mask(tokens, mcfg.mask_id, gen)
 
 
+def diffusion_loss(model: torch.nn.Module, sigma_d: float, pixels: torch.Tensor, text,
+                   gen: torch.Generator) -> torch.Tensor:
+    """The DiT's flow loss on uint8 pixels (scaled to [-sigma_d, sigma_d]) at sCM's times.
+    Calls the module itself (not .velocity) so a DDP wrapper sees the forward."""
+    x0 = sigma_d * from_uint8(pixels)
+    t = sample_time(len(x0), sigma_d=sigma_d, generator=gen).to(x0.device)
+    z = sigma_d * torch.randn(x0.shape, generator=gen).to(x0.device)
+    return flow_loss(lambda x, tt: sigma_d * model(x / sigma_d, tt, text).float(), x0, t, z)
+
+
+def training_loss(model: torch.nn.Module, mcfg, x: torch.Tensor, text, gen: torch.Generator,
+                  label_smoothing: float, device) -> tuple[torch.Tensor, dict[str, float]]:
+    """One batch's loss and what to log with it, for whichever family `mcfg` describes."""
+    if isinstance(mcfg, DiTConfig):
+        loss = diffusion_loss(model, mcfg.sigma_d, x.to(device), text, gen)
+        return loss, {"loss": loss.item()}
+    inputs, mask = loss_inputs(x, mcfg, gen)
+    loss, accuracy = masked_loss(model, x.to(device), mask.to(device), inputs.to(device), text,
+                                 label_smoothing)
+    return loss, {"loss": loss.item(), "acc": accuracy.item()}
+
+
+@torch.no_grad()
+def evaluate_diffusion(model: DiT, split: TokenSplit, captions: EmbeddingCache, groups: dict[str, range],
+                       batch_size: int = 64, seed: int = 1234) -> dict[str, float]:
+    """Held-out flow loss per group and overall, with the same times and noise every call."""
+    out, total = {}, 0.0
+    for name, rng in groups.items():
+        gen, loss = torch.Generator().manual_seed(seed), 0.0
+        for start in range(rng.start, rng.stop, batch_size):
+            idx = list(range(start, min(start + batch_size, rng.stop)))
+            text = captions.lookup(torch.stack([split.caption_rows(i)[0] for i in idx]))
+            batch_loss = diffusion_loss(model, model.config.sigma_d, split.tokens[idx], text, gen)
+            loss += len(idx) * float(batch_loss)
+        out[f"val_loss_{name}"] = loss / len(rng)
+        total += loss
+    out["val_loss"] = total / sum(len(r) for r in groups.values())
+    return out
+
+
 @torch.no_grad()
 def evaluate_masked(model: Transformer, split: TokenSplit, captions: EmbeddingCache,
                     groups: dict[str, range], batch_size: int = 64, seed: int = 1234,
@@ -191,6 +234,12 @@ def sample_grid(model: Transformer, tokenizer, encoder, prompts: tuple[str, ...]
     cond = model.prepare_text(text)
     uncond = model.prepare_text(encoder.encode([""] * len(prompts)))
     gen = torch.Generator().manual_seed(seed)
+    if isinstance(model, DiT):
+        s = model.config.sigma_d
+        z = s * torch.randn(len(prompts), model.config.channels, model.config.resolution,
+                            model.config.resolution, generator=gen)
+        images = (ode_sample(model.guided(cond, uncond, guidance), z, steps) / s).clamp(-1, 1)
+        return make_grid([to_pil(im) for im in images], ncols=min(len(prompts), 8), captions=list(prompts))
     if isinstance(model, ARTransformer):
         tokens = ar_sample(model, cond, uncond, guidance=guidance, generator=gen)
     else:
@@ -225,18 +274,23 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
     out = Path(out)
     acc = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
     ckpt = checkpoint_to_resume(out, resume, acc)
-    tokenizer = VQTokenizer.from_pretrained(cfg.tokenizer)
     encoder = load_text_encoder(cfg.text_encoder)
     resolution = cfg.model.resolution
-    if resolution % tokenizer.downsample:
+    diffusion = isinstance(cfg.model, DiTConfig)
+    tokenizer = None if diffusion else VQTokenizer.from_pretrained(cfg.tokenizer)
+    if diffusion:  # pixels: no tokenizer
+        mcfg = cfg.model.replace(text_dim=encoder.hidden_dim, pooled_dim=encoder.pooled_dim,
+                                 text_encoder=cfg.text_encoder)
+    elif resolution % tokenizer.downsample:
         raise ConfigError(f"model.resolution {resolution} is not a multiple of the tokenizer's "
                           f"downsampling {tokenizer.downsample}")
-    try:
-        mcfg = cfg.model.for_data(tokenizer.codebook_size, resolution // tokenizer.downsample,
-                                  encoder.hidden_dim, encoder.pooled_dim, cfg.text_encoder, cfg.tokenizer)
-    except ConfigError as e:
-        raise ConfigError(f"model ({cfg.model.kind}) with tokenizer {cfg.tokenizer!r} and text encoder "
-                          f"{cfg.text_encoder!r}: {e}") from None
+    else:
+        try:
+            mcfg = cfg.model.for_data(tokenizer.codebook_size, resolution // tokenizer.downsample,
+                                      encoder.hidden_dim, encoder.pooled_dim, cfg.text_encoder, cfg.tokenizer)
+        except ConfigError as e:
+            raise ConfigError(f"model ({cfg.model.kind}) with tokenizer {cfg.tokenizer!r} and text encoder "
+                              f"{cfg.text_encoder!r}: {e}") from None
     cfg = cfg.replace(model=mcfg)
     with acc.main_process_first():  # one process builds the cache, the others load it
         data = build_token_data(list(cfg.data), tokenizer, encoder, resolution, cfg.cache_dir,
@@ -279,20 +333,18 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
             at = step * cfg.grad_accum + micro
             idx = [int(order[i]) for i in sampler.batch_at(at)]
             gen = step_generator(cfg.seed, at, acc.process_index)
-            tokens = data.train.tokens[idx]
             rows = pick_captions(data.train, idx, cfg, empty_row, gen)
-            inputs, mask = loss_inputs(tokens, mcfg, gen)
             text = data.captions.lookup(rows).to(acc.device)
             with acc.accumulate(model):
                 with acc.autocast():
-                    loss, accuracy = masked_loss(model, tokens.to(acc.device), mask.to(acc.device),
-                                                 inputs.to(acc.device), text, cfg.label_smoothing)
+                    loss, metrics = training_loss(model, mcfg, data.train.tokens[idx], text, gen,
+                                                  cfg.label_smoothing, acc.device)
                 acc.backward(loss)
                 if acc.sync_gradients:
                     logs["grad_norm"] = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            logs.update(loss=loss.item(), acc=accuracy.item())
+            logs.update(metrics)
         done = step + 1
         with torch.no_grad():  # EMA with warm-up: early on the average follows the weights
             d = min(cfg.ema_decay, (1 + done) / (10 + done))
@@ -302,9 +354,10 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
             logs.update(step=done, lr=lr)
             if acc.is_main_process:
                 logger.log(logs)
-            bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['acc']:.3f}")
+            bar.set_postfix({k: f"{logs[k]:.3f}" for k in ("loss", "acc") if k in logs})
         if acc.is_main_process and (done % cfg.eval_every == 0 or done == end):
-            logger.log({"step": done, **evaluate_masked(ema, data.val, data.captions, groups)})
+            evaluate = evaluate_diffusion if diffusion else evaluate_masked
+            logger.log({"step": done, **evaluate(ema, data.val, data.captions, groups)})
             sample_grid(ema, tokenizer, encoder, cfg.sample_prompts, cfg.sample_steps,
                         cfg.sample_guidance).save(out / "samples" / f"step-{done:06d}.png")
         if done % cfg.save_every == 0 or done == end:

@@ -1,0 +1,268 @@
+"""`fastmuse distill dmd`: the DMD / DMD2 training run (the method is in dmd.py).
+
+The student G starts as a copy of the teacher (a pixel DiT in TrigFlow form) and maps noise
+to an image in `student_steps` denoising steps at fixed times (sampling/trigflow.py
+`student_times`); a multi-step G trains by backward simulation: a random step i, its input
+made by G's own first i steps without gradient. Per generator update the fake denoiser (a
+second copy of the teacher) takes `fake_updates` flow-loss updates on fresh G samples; with
+`gan`, a head on its features learns real vs G images and G gets the non-saturating loss.
+method "dmd" (DMD1) adds the regression loss on (noise, teacher ODE output) pairs computed
+once at the start and kept in the run folder.
+
+Prompts are the captions of the teacher's training data (the pixel cache the teacher trained
+from; its images are the GAN's real side). Every random draw of step s comes from a generator
+seeded by (seed, s), so `--resume` continues exactly. The run folder holds config.json,
+metrics.jsonl, samples/, checkpoints/ and, at the end, student/: a model folder.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load, save
+from tqdm import tqdm
+
+from ..config import Config, check_range
+from ..data.images import make_grid
+from ..data.tokens import build_token_data, from_uint8
+from ..errors import ConfigError
+from ..fsutil import atomic_write_bytes
+from ..models import DiT
+from ..pipeline import Pipeline, SamplerDefaults
+from ..sampling.trigflow import denoise, few_step_sample, ode_sample, student_times
+from ..train.log import JsonlLogger
+from ..train.masked import SAMPLE_PROMPTS, step_generator
+from ..train.schedule import lr_at
+from ..train.state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
+from .dmd import DiscriminatorHead, fake_loss, gan_discriminator_loss, gan_generator_loss, generator_loss
+
+STUDENT_STEPS = (1, 2, 4)
+
+
+@dataclass
+class DMDConfig(Config):
+    kind = "distill_dmd"
+    teacher: str = "dit-128"  # bundled name or folder of a pixel diffusion model (kind "dit")
+    teacher_guidance: float | None = None  # the real score's guidance; None: the teacher's default
+    method: Literal["dmd2", "dmd"] = "dmd2"  # dmd: + DMD1's regression loss (one step only)
+    student_steps: int = 1
+    fake_updates: int = 5  # fake-denoiser updates per generator update (DMD2's two time scales)
+    gan: bool = True
+    gan_weight: float = 3e-3  # generator's GAN loss weight (the reference's)
+    disc_weight: float = 1e-2  # discriminator loss weight, added to the fake denoiser's loss
+    regression_weight: float = 0.25  # method "dmd"
+    regression_pairs: int = 64
+    regression_batch: int = 4
+    data: tuple[str, ...] = ("data/emoji", "shapes:0")  # whose captions are the prompts
+    shapes_train: int = 6000  # as the teacher's training config, so its pixel cache is reused
+    shapes_val: int = 100
+    cache_dir: str = "data/cache"
+    batch_size: int = 8
+    steps: int = 300  # generator updates
+    lr: float = 2e-5
+    fake_lr: float = 2e-5
+    warmup_steps: int = 10
+    min_lr_ratio: float = 1.0  # constant after warm-up, as the reference
+    grad_clip: float = 1.0
+    ema_decay: float = 0.99
+    log_every: int = 10
+    eval_every: int = 50
+    save_every: int = 25
+    keep_checkpoints: int = 2
+    sample_prompts: tuple[str, ...] = SAMPLE_PROMPTS
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("batch_size", "steps", "fake_updates", "log_every", "eval_every", "save_every",
+                     "keep_checkpoints", "shapes_train", "shapes_val", "regression_pairs",
+                     "regression_batch"):
+            check_range(name, getattr(self, name), 1)
+        for name in ("lr", "fake_lr", "gan_weight", "disc_weight", "regression_weight"):
+            check_range(name, getattr(self, name), 0.0)
+        check_range("ema_decay", self.ema_decay, 0.0, 1.0)
+        check_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        if self.student_steps not in STUDENT_STEPS:
+            raise ConfigError(f"student_steps is {self.student_steps!r}; accepted: "
+                              f"{', '.join(map(str, STUDENT_STEPS))}")
+        if self.method == "dmd" and self.student_steps != 1:
+            raise ConfigError("method 'dmd' (regression on teacher ODE pairs) trains one-step students; "
+                              f"student_steps is {self.student_steps}: use method 'dmd2'")
+        if self.teacher_guidance is not None:
+            check_range("teacher_guidance", self.teacher_guidance, 0.0)
+
+
+def load_teacher(name: str) -> Pipeline:
+    pipe = Pipeline.from_pretrained(name)
+    if not isinstance(pipe.transformer, DiT) or pipe.defaults.sampler != "ode":
+        what = pipe.defaults.sampler if isinstance(pipe.transformer, DiT) else type(pipe.transformer).__name__
+        raise ConfigError(f"teacher {name!r} is a {what} model; accepted: a pixel diffusion model sampled "
+                          "by its ODE (kind 'dit', e.g. dit-128)")
+    return pipe
+
+
+def student_defaults(cfg: DMDConfig) -> SamplerDefaults:
+    return SamplerDefaults(sampler="few_step", steps=cfg.student_steps, guidance=0.0)
+
+
+def regression_set(teacher: Pipeline, cfg: DMDConfig, prompts: list[str], path: Path
+                   ) -> dict[str, torch.Tensor]:
+    """DMD1's pairs: noise z and the teacher's guided ODE output from it, for the first
+    `regression_pairs` prompts; computed once and kept in the run folder."""
+    if path.is_file():
+        return load(path.read_bytes())
+    m, d = teacher.transformer, teacher.defaults
+    gen = torch.Generator().manual_seed(cfg.seed)
+    z = m.config.sigma_d * torch.randn(len(prompts), m.config.channels, m.config.resolution,
+                                       m.config.resolution, generator=gen)
+    g = teacher_guidance(cfg, teacher)
+    outs = []
+    for i in tqdm(range(0, len(prompts), 16), desc="teacher ODE pairs"):
+        cond = m.prepare_text(teacher.text_encoder.encode(prompts[i:i + 16]))
+        uncond = teacher.uncond().repeat(len(cond.c))
+        outs.append(ode_sample(m.guided(cond, uncond, g), z[i:i + 16], d.steps, d.solver))
+    pairs = {"z": z, "x0": torch.cat(outs)}
+    atomic_write_bytes(path, save(pairs))
+    return pairs
+
+
+def teacher_guidance(cfg: DMDConfig, teacher: Pipeline) -> float:
+    return teacher.defaults.guidance if cfg.teacher_guidance is None else cfg.teacher_guidance
+
+
+def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: int | None = None) -> Path:
+    """Run into folder `out`; returns the student model folder (out/student)."""
+    from ..train.distributed import make_accelerator
+
+    out = Path(out)
+    ckpt = checkpoint_to_resume(out, resume, make_accelerator("no", 1))
+    teacher = load_teacher(cfg.teacher)
+    tm = teacher.transformer.requires_grad_(False)
+    s = tm.config.sigma_d
+    data = build_token_data(list(cfg.data), None, teacher.text_encoder, teacher.resolution, cfg.cache_dir,
+                            cfg.shapes_train, cfg.shapes_val, tokenizer_id="pixels")
+    rows = data.train.cap_rows  # every caption of the training split (alternatives included)
+    g = teacher_guidance(cfg, teacher)
+    times = student_times(cfg.student_steps)
+    shape = (cfg.batch_size, tm.config.channels, tm.config.resolution, tm.config.resolution)
+
+    torch.manual_seed(cfg.seed)
+    student = copy.deepcopy(tm).train().requires_grad_(True)
+    fake = copy.deepcopy(tm).train().requires_grad_(True)
+    head = DiscriminatorHead(tm.config.dim)
+    ema = copy.deepcopy(tm).eval()
+    opt_g = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.01)
+    opt_f = torch.optim.AdamW([*fake.parameters(), *head.parameters()], lr=cfg.fake_lr, weight_decay=0.01)
+    modules = {"student": student, "fake": fake, "head": head, "ema": ema}
+    optimizers = {"student": opt_g, "fake": opt_f}
+    start = load_training(ckpt, modules, optimizers, {})["step"] if ckpt is not None else 0
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.json")
+    logger = JsonlLogger(out / "metrics.jsonl", resume_step=start if resume else None)
+    student_pipe = Pipeline(ema, None, teacher.text_encoder, student_defaults(cfg))
+    probe = list(cfg.sample_prompts)
+    if start == 0:
+        make_grid(teacher(probe, seed=0), ncols=min(len(probe), 8), captions=probe).save(
+            out / "samples" / "teacher.png")
+    if cfg.method == "dmd":
+        prompt_gen = torch.Generator().manual_seed(cfg.seed)
+        pair_rows = rows[torch.randint(len(rows), (cfg.regression_pairs,), generator=prompt_gen)]
+        captions = [data.captions.captions[int(r)] for r in pair_rows]
+        pairs = regression_set(teacher, cfg, captions, out / "regression_pairs.safetensors")
+    uncond_one = teacher.uncond()
+
+    def sample_x(ctx, gen: torch.Generator, grad: bool) -> torch.Tensor:
+        """G's output at a random step of its schedule from its own earlier steps (backward
+        simulation; step 0 starts from noise)."""
+        z = s * torch.randn(shape, generator=gen)
+        i = int(torch.randint(len(times), (1,), generator=gen))
+        with torch.no_grad():
+            x_in = few_step_sample(lambda x, t: student.velocity(x, t, ctx), z, times, gen, upto=i)
+        t = torch.full((len(z),), times[i])
+        with torch.set_grad_enabled(grad):
+            return denoise(x_in, t, student.velocity(x_in, t, ctx))
+
+    def logits_of(x_t: torch.Tensor, t: torch.Tensor, ctx) -> torch.Tensor:
+        return head(fake(x_t / s, t, ctx, features=True)[1])
+
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps,
+               desc=f"{cfg.method} x{cfg.student_steps}")
+    for step in bar:
+        gen = step_generator(cfg.seed, step, 0)
+        for opt, base in ((opt_g, cfg.lr), (opt_f, cfg.fake_lr)):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg.replace(lr=base))
+        text = data.captions.lookup(rows[torch.randint(len(rows), (cfg.batch_size,), generator=gen)])
+        with torch.no_grad():
+            cond = tm.prepare_text(text)
+            real_v = tm.guided(cond, uncond_one.repeat(cfg.batch_size), g)
+        logs: dict[str, float] = {}
+        for _ in range(cfg.fake_updates):  # the fake denoiser (and the GAN head) track G
+            fctx = fake.prepare_text(text)
+            x = sample_x(cond, gen, grad=False)
+            loss = fake_loss(x, lambda x_t, t, c=fctx: fake.velocity(x_t, t, c), gen)
+            logs["loss_fake"] = loss.item()
+            if cfg.gan:
+                real = s * from_uint8(data.train.tokens[torch.randint(len(data.train), (cfg.batch_size,),
+                                                                      generator=gen)])
+                d_loss, d_logs = gan_discriminator_loss(real, x, lambda x_t, t, c=fctx: logits_of(x_t, t, c),
+                                                        gen)
+                loss = loss + cfg.disc_weight * d_loss
+                logs.update(d_logs)
+            opt_f.zero_grad(set_to_none=True)
+            loss.backward()
+            logs["grad_norm_fake"] = torch.nn.utils.clip_grad_norm_(fake.parameters(), cfg.grad_clip).item()
+            opt_f.step()
+
+        fake.requires_grad_(False)
+        fctx = fake.prepare_text(text)
+        x = sample_x(cond, gen, grad=True)
+        loss, dm_logs = generator_loss(x, real_v, lambda x_t, t, c=fctx: fake.velocity(x_t, t, c), gen)
+        logs.update(dm_logs)
+        if cfg.gan:
+            gan = gan_generator_loss(x, lambda x_t, t, c=fctx: logits_of(x_t, t, c), gen)
+            loss = loss + cfg.gan_weight * gan
+            logs["loss_gan"] = gan.item()
+        if cfg.method == "dmd":
+            pick = torch.randint(cfg.regression_pairs, (cfg.regression_batch,), generator=gen)
+            pctx = student.prepare_text(data.captions.lookup(pair_rows[pick]))
+            t = torch.full((len(pick),), times[0])
+            x_reg = denoise(pairs["z"][pick], t, student.velocity(pairs["z"][pick], t, pctx))
+            reg = F.mse_loss(x_reg, pairs["x0"][pick])
+            loss = loss + cfg.regression_weight * reg
+            logs["loss_regression"] = reg.item()
+        fake.requires_grad_(True)
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip).item()
+        opt_g.step()
+        done = step + 1
+        with torch.no_grad():
+            d = min(cfg.ema_decay, (1 + done) / (10 + done))
+            for pe, ps in zip(ema.parameters(), student.parameters(), strict=True):
+                pe.lerp_(ps.detach(), 1 - d)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            logger.log({"step": done, **logs})
+            bar.set_postfix(fake=f"{logs['loss_fake']:.4f}", dm=f"{logs['dm_grad_norm']:.2f}")
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            make_grid(student_pipe(probe, seed=0), ncols=min(len(probe), 8), captions=probe).save(
+                out / "samples" / f"step-{done:06d}.png")
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            save_training(out / "checkpoints" / f"step-{done:06d}", cfg, modules, optimizers, {}, done)
+            prune_checkpoints(out, cfg.keep_checkpoints)
+        if stop_at is not None and done >= stop_at:
+            return out
+    return save_student(out / "student", cfg, ema, teacher)
+
+
+def save_student(out: Path, cfg: DMDConfig, student: DiT, teacher: Pipeline) -> Path:
+    pipe = Pipeline(student, None, teacher.text_encoder, student_defaults(cfg))
+    card = (f"# {cfg.student_steps}-step {cfg.method.upper()} student of {cfg.teacher}\n\n`fastmuse distill "
+            f"dmd`: {cfg.steps} generator updates, batch {cfg.batch_size}, {cfg.fake_updates} fake-denoiser "
+            f"updates each, GAN {'on' if cfg.gan else 'off'}, real-score guidance "
+            f"{teacher_guidance(cfg, teacher)}. Config and metrics in the run folder.\n")
+    return pipe.save_pretrained(out, card)
