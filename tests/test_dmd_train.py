@@ -33,8 +33,8 @@ def parts(tmp_path_factory):
 def dit_cfg(parts, **kw) -> TransformerTrainConfig:
     model = DiTConfig(resolution=32, patch=4, dim=32, depth=2, heads=2)
     base = dict(model=model, data=parts["data"], repeats=(1,), text_encoder=parts["text_encoder"],
-                cache_dir=parts["cache_dir"], batch_size=4, steps=4, warmup_steps=1, log_every=1, eval_every=2,
-                save_every=2, sample_steps=2, sample_prompts=PROMPTS)
+                cache_dir=parts["cache_dir"], batch_size=4, steps=4, warmup_steps=1, log_every=1,
+                eval_every=2, save_every=2, sample_steps=2, sample_prompts=PROMPTS)
     return TransformerTrainConfig(**{**base, **kw})
 
 

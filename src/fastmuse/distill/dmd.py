@@ -83,10 +83,12 @@ def gan_generator_loss(x: torch.Tensor, logits: Logits, generator: torch.Generat
     return F.softplus(-logits(*_noised(x, generator))).mean()
 
 
-def gan_discriminator_loss(real: torch.Tensor, fake: torch.Tensor, logits: Logits,
+def gan_discriminator_loss(real: torch.Tensor, l_fake: torch.Tensor, logits: Logits,
                            generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """softplus(D(fake_t)) + softplus(-D(real_t)) at the teacher's training times."""
-    l_real, l_fake = logits(*_noised(real, generator)), logits(*_noised(fake.detach(), generator))
+    """softplus(D(fake_t)) + softplus(-D(real_t)), the real images noised at the teacher's
+    training times; `l_fake` are the logits of noised G samples (the trainer reuses the fake
+    denoiser's forward pass of its flow loss for them)."""
+    l_real = logits(*_noised(real, generator))
     loss = F.softplus(-l_real).mean() + F.softplus(l_fake).mean()
     return loss, {"loss_disc": loss.item(), "disc_real": torch.sigmoid(l_real).mean().item(),
                   "disc_fake": torch.sigmoid(l_fake).mean().item()}

@@ -204,13 +204,19 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
         for _ in range(cfg.fake_updates):  # the fake denoiser (and the GAN head) track G
             fctx = fake.prepare_text(text)
             x = sample_x(cond, gen, grad=False)
-            loss = fake_loss(x, lambda x_t, t, c=fctx: fake.velocity(x_t, t, c), gen)
+            features = {}
+
+            def fake_v(x_t: torch.Tensor, t: torch.Tensor, c=fctx, keep=features) -> torch.Tensor:
+                out_, keep["tokens"] = fake(x_t / s, t, c, features=True)
+                return s * out_.float()
+
+            loss = fake_loss(x, fake_v, gen)
             logs["loss_fake"] = loss.item()
-            if cfg.gan:
+            if cfg.gan:  # G's side: the features of the flow loss's own forward pass
                 real = s * from_uint8(data.train.tokens[torch.randint(len(data.train), (cfg.batch_size,),
                                                                       generator=gen)])
-                d_loss, d_logs = gan_discriminator_loss(real, x, lambda x_t, t, c=fctx: logits_of(x_t, t, c),
-                                                        gen)
+                d_loss, d_logs = gan_discriminator_loss(real, head(features["tokens"]),
+                                                        lambda x_t, t, c=fctx: logits_of(x_t, t, c), gen)
                 loss = loss + cfg.disc_weight * d_loss
                 logs.update(d_logs)
             opt_f.zero_grad(set_to_none=True)
