@@ -12,8 +12,8 @@ from fastmuse.text.encoders import TextEmbedding
 
 def tiny(**kw) -> DiT:
     torch.manual_seed(0)
-    return DiT(DiTConfig(**{"resolution": 16, "patch": 4, "dim": 32, "depth": 2, "heads": 2, "text_dim": 8,
-                            "pooled_dim": 8, **kw}))
+    return DiT(DiTConfig(**{"grid": 16, "patch": 4, "channels": 3, "dim": 32, "depth": 2, "heads": 2,
+                            "text_dim": 8, "pooled_dim": 8, **kw}))
 
 
 def text(rows: torch.Tensor) -> TextEmbedding:
@@ -37,7 +37,7 @@ def test_shapes_zero_start_and_round_trip(tmp_path):
     with pytest.raises(ConfigError, match="channels"):
         model(torch.randn(1, 1, 16, 16), t[:1], text(torch.tensor([0])))
     with pytest.raises(ConfigError, match="multiple of 'patch'"):
-        DiTConfig(resolution=18, patch=4)
+        DiTConfig(grid=18, patch=4)
 
 
 def test_learns_two_captions_and_samples_them():

@@ -1,4 +1,4 @@
-"""The pixel diffusion teacher through the shared trainer, export and Pipeline, and the DMD /
+"""The latent diffusion teacher through the shared trainer, export and Pipeline, and the DMD /
 DMD2 distillation run on it: exact resume, student folders that every command loads, errors."""
 
 import base64
@@ -18,7 +18,7 @@ from fastmuse.models import DiT, DiTConfig
 from fastmuse.pipeline import Pipeline
 from fastmuse.serve.app import ServeSettings, create_app
 from fastmuse.train.masked import TransformerTrainConfig, train_transformer
-from helpers import tiny_dataset, tiny_pipeline, tiny_text_encoder
+from helpers import tiny_dataset, tiny_pipeline, tiny_text_encoder, tiny_tokenizer
 
 PROMPTS = ("a red square", "a blue square")
 
@@ -27,12 +27,14 @@ PROMPTS = ("a red square", "a blue square")
 def parts(tmp_path_factory):
     root = tmp_path_factory.mktemp("dmd")
     return {"data": (str(tiny_dataset(root / "d", n=16, size=32)),), "cache_dir": str(root / "cache"),
-            "text_encoder": str(tiny_text_encoder(root / "te")), "root": root}
+            "text_encoder": str(tiny_text_encoder(root / "te")),
+            "tokenizer": str(tiny_tokenizer(root / "tok")), "root": root}
 
 
 def dit_cfg(parts, **kw) -> TransformerTrainConfig:
-    model = DiTConfig(resolution=32, patch=4, dim=32, depth=2, heads=2)
+    model = DiTConfig(resolution=32, patch=2, dim=32, depth=2, heads=2)
     base = dict(model=model, data=parts["data"], repeats=(1,), text_encoder=parts["text_encoder"],
+                tokenizer=parts["tokenizer"],
                 cache_dir=parts["cache_dir"], batch_size=4, steps=4, warmup_steps=1, log_every=1,
                 eval_every=2, save_every=2, sample_steps=2, sample_prompts=PROMPTS)
     return TransformerTrainConfig(**{**base, **kw})
@@ -61,7 +63,9 @@ def test_teacher_trains_resumes_exports_and_generates(parts, teacher, tmp_path):
     assert "flow loss" in (teacher / "README.md").read_text()
 
     pipe = Pipeline.from_pretrained(teacher)
-    assert pipe.tokenizer is None and pipe.resolution == 32
+    c = pipe.transformer.config
+    assert (c.grid, c.channels, pipe.resolution) == (16, 4, 32)  # the tiny tokenizer's 16 x 16 x 4 latent
+    assert abs(c.latent_scale - parts_scale(parts)) < 1e-6
     assert pipe.defaults.sampler == "ode" and pipe.defaults.steps == 3
     assert pipe.network_evaluations(3, 1.0) == 10  # Heun: 2 x 3 - 1 evaluations, x2 for guidance
     images = pipe(list(PROMPTS), n=2, seed=0)
@@ -77,6 +81,16 @@ def test_teacher_trains_resumes_exports_and_generates(parts, teacher, tmp_path):
         pipe.inpaint(images[0], "a green square", box=(0, 0, 16, 16))
     with pytest.raises(ConfigError, match="does not apply"):
         pipe("a red square", temperature=0.5)
+
+
+def parts_scale(parts) -> float:
+    """What the trainer should have set: codebook vectors of the train tokens to std sigma_d."""
+    from fastmuse.data.tokens import TokenData
+    from fastmuse.tokenizer import VQTokenizer
+
+    tokens = TokenData.load(next(p for p in (parts["root"] / "cache").iterdir())).train.tokens
+    latents = VQTokenizer.from_pretrained(parts["tokenizer"]).quantize.lookup(tokens)
+    return 0.5 / float(latents.double().std())
 
 
 def dmd_cfg(parts, teacher, **kw) -> DMDConfig:
@@ -135,7 +149,7 @@ def test_dmd1_regression_cli_and_bad_input(parts, teacher, tmp_path, capsys):
     masked = tiny_pipeline(tmp_path / "masked")
     assert main(["distill", "dmd", "--config", str(cfg), "--teacher", str(masked),
                  "--out", str(tmp_path / "x")]) == 1
-    assert "pixel diffusion model" in capsys.readouterr().err
+    assert "diffusion model" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="one-step students"):
         DMDConfig(method="dmd", student_steps=4)
     with pytest.raises(ConfigError, match="student_steps"):

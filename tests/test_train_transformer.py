@@ -184,9 +184,14 @@ def test_architecture_that_does_not_fit_the_encoder(parts, tmp_path):
                          ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     from fastmuse.distill.dimo_train import DiMOConfig
+    from fastmuse.distill.dmd_train import DMDConfig
 
-    if json.loads(path.read_text())["kind"] == DiMOConfig.kind:
+    kind = json.loads(path.read_text())["kind"]
+    if kind == DiMOConfig.kind:
         assert DiMOConfig.load(path).teacher == "muse-128"
+        return
+    if kind == DMDConfig.kind:
+        assert DMDConfig.load(path).teacher == "dit-128"
         return
     cfg = TransformerTrainConfig.load(path)
     assert cfg.model.resolution == 128 and cfg.text_encoder == cfg.model.text_encoder == "minilm"

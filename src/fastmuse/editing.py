@@ -41,6 +41,7 @@ from PIL import Image, ImageFilter
 
 from .data.images import load_rgb, to_rgb, to_tensor
 from .errors import ConfigError
+from .models import DiT
 from .sampling.maskgit import guidance_context, token_logprob
 from .sampling.windows import windows
 from .text.encoders import check_prompts
@@ -230,9 +231,9 @@ class EditingMixin:
     def _canvas(self: Pipeline, canvas: Image.Image, image_size: tuple[int, int]
                 ) -> tuple[tuple[int, int], torch.Tensor]:
         """(scaled canvas size, its tokens [h, w]) under the size rule."""
-        if self.tokenizer is None:
+        if isinstance(self.transformer, DiT):
             raise ConfigError("inpainting, outpainting and editing need a masked token model; this is a "
-                              "pixel diffusion model (text-to-image only)")
+                              "diffusion model (text-to-image only)")
         size = scaled_size(canvas.size, fit_scale(canvas.size, image_size, self.resolution),
                            self.tokenizer.downsample)
         scaled = canvas.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)

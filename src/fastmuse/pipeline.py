@@ -1,8 +1,8 @@
 """Text -> image: text encoder + masked transformer + MaskGIT sampler + VQ decoder
 (or, for the autoregressive baseline, + raster-order sampler; for a Di[M]O student, the
-one-step sampler that `sampler.json` names). A pixel diffusion transformer (DiT, the DMD/sCM
-teacher) has no tokenizer: its "tokens" are the sampled pixels, from the probability-flow ODE,
-or for a distilled student its few-step sampler.
+one-step sampler that `sampler.json` names). For a diffusion transformer (DiT, the DMD/sCM
+teacher) the "tokens" are continuous latents of the same VQ decoder, sampled by the
+probability-flow ODE, or for a distilled student by its few-step sampler.
 
     pipe = Pipeline.from_pretrained("muse-128")          # a bundled name or a folder
     images = pipe("red heart", n=4, steps=12, guidance=3.0, seed=0)   # list of PIL images
@@ -99,7 +99,7 @@ class SamplingRun:
 
     def fill(self, init: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """Tokens [B, h, w] with MASK where unknown -> completed, window by window.
-        A diffusion model: noise [B, C, H, W] (std sigma_d) -> pixels scaled to sigma_d."""
+        A diffusion model: noise [B, D, h, w] (std sigma_d) -> latents."""
         if isinstance(self.model, DiT):
             velocity = self.model.guided(self.cond, self.uncond, self.guidance)
             if "solver" in self.options:
@@ -124,15 +124,17 @@ class SamplingRun:
 
 
 class Pipeline(EditingMixin):
-    def __init__(self, transformer: MaskedTransformer | DiT, tokenizer: VQTokenizer | None,
+    def __init__(self, transformer: MaskedTransformer | DiT, tokenizer: VQTokenizer,
                  text_encoder: TextEncoder, defaults: SamplerDefaults | None = None) -> None:
         cfg = transformer.config
-        if (tokenizer is None) != isinstance(transformer, DiT):
-            raise ConfigError("a token model needs its image tokenizer; a pixel diffusion model takes none")
-        if tokenizer is not None and tokenizer.codebook_size != cfg.codebook_size:
+        if isinstance(transformer, DiT):
+            if tokenizer.config.vq_embed_dim != cfg.channels:
+                raise ConfigError(f"tokenizer codes are {tokenizer.config.vq_embed_dim}-d, the diffusion "
+                                  f"model's latent {cfg.channels}-d")
+        elif tokenizer.codebook_size != cfg.codebook_size:
             raise ConfigError(f"tokenizer has {tokenizer.codebook_size} codes, the transformer predicts "
                               f"{cfg.codebook_size}")
-        self.transformer, self.tokenizer = transformer.eval(), tokenizer and tokenizer.eval()
+        self.transformer, self.tokenizer = transformer.eval(), tokenizer.eval()
         self.text_encoder = text_encoder
         self.defaults = defaults or SamplerDefaults()
         self._uncond = None
@@ -145,8 +147,8 @@ class Pipeline(EditingMixin):
             return cls._from_diffusers(folder, text_encoder)
         transformer = load_transformer(folder)
         cfg = transformer.config
-        tokenizer = None if isinstance(transformer, DiT) else VQTokenizer.from_pretrained(
-            folder / "tokenizer" if (folder / "tokenizer").is_dir() else cfg.tokenizer)
+        tokenizer = VQTokenizer.from_pretrained(folder / "tokenizer" if (folder / "tokenizer").is_dir()
+                                                else cfg.tokenizer)
         inside = folder / cfg.text_encoder  # a converted model carries its encoder (text_encoder/)
         encoder = text_encoder or load_text_encoder(inside if inside.is_dir() else cfg.text_encoder)
         return cls(transformer, tokenizer, encoder, SamplerDefaults.load(folder))
@@ -166,8 +168,6 @@ class Pipeline(EditingMixin):
 
     @property
     def resolution(self) -> int:
-        if self.tokenizer is None:
-            return self.transformer.config.resolution
         return self.transformer.config.grid * self.tokenizer.downsample
 
     def uncond(self):
@@ -263,9 +263,8 @@ class Pipeline(EditingMixin):
         b, cfg = run.cond.c.shape[0], self.transformer.config
         if isinstance(self.transformer, DiT):
             if init is not None:
-                raise ConfigError("init (a token canvas) needs a masked model; this is a pixel diffusion "
-                                  "model")
-            shape = (b, cfg.channels, cfg.resolution, cfg.resolution)
+                raise ConfigError("init (a token canvas) needs a masked model; this is a diffusion model")
+            shape = (b, cfg.channels, cfg.grid, cfg.grid)
             return run.fill(cfg.sigma_d * random(shape, run.generator, normal=True))
         return run.fill(torch.full((b, cfg.grid, cfg.grid), self.transformer.mask_id) if init is None else
                         self._check_init(init, b))
@@ -286,9 +285,11 @@ class Pipeline(EditingMixin):
     def decode(self, tokens: torch.Tensor) -> list[Image.Image]:
         from .data.images import to_pil
 
-        if self.tokenizer is None:  # a diffusion model's pixels, scaled to sigma_d
-            return [to_pil(im) for im in (tokens / self.transformer.config.sigma_d).clamp(-1, 1)]
-        return [to_pil(im) for im in self.tokenizer.decode(tokens).clamp(-1, 1)]
+        if isinstance(self.transformer, DiT):  # latents, not ids
+            images = self.tokenizer.decode_latents(tokens / self.transformer.config.latent_scale)
+        else:
+            images = self.tokenizer.decode(tokens)
+        return [to_pil(im) for im in images.clamp(-1, 1)]
 
     def __call__(self, prompts: str | list[str], n: int | list[int] = 1, steps: int | None = None,
                  guidance: float | None = None, seed: int | list[int] = 0, **sampler) -> list[Image.Image]:

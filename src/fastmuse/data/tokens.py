@@ -7,9 +7,6 @@ Masked-transformer training never touches pixels or the text encoder: it reads
     DIR/captions.safetensors  the EmbeddingCache of all captions (+ "" for dropout)
     DIR/info.json           what was encoded with what (the cache key)
 
-With no tokenizer (the pixel diffusion teacher) the same cache holds the images themselves:
-`tokens` is then [N, 3, R, R] uint8 pixels, `tokenizer` "pixels" in info.json.
-
 Sample i's captions are rows cap_rows[cap_offsets[i]:cap_offsets[i+1]] of the cache; the
 first is the main caption, the rest alternatives (emoji's `alt_captions`). The folder
 name is a hash of info.json, so a changed source, tokenizer or encoder makes a new cache.
@@ -37,7 +34,7 @@ INFO = "info.json"
 
 @dataclass
 class TokenSplit:
-    tokens: torch.Tensor  # [N, h, w] long VQ codes, or [N, 3, R, R] uint8 pixels
+    tokens: torch.Tensor  # [N, h, w] long
     cap_offsets: torch.Tensor  # [N + 1]
     cap_rows: torch.Tensor  # [M]
 
@@ -50,8 +47,7 @@ class TokenSplit:
     @staticmethod
     def load(path: Path) -> TokenSplit:
         t = load_file(str(path))
-        tokens = t["tokens"] if t["tokens"].dtype == torch.uint8 else t["tokens"].long()
-        return TokenSplit(tokens, t["cap_offsets"].long(), t["cap_rows"].long())
+        return TokenSplit(t["tokens"].long(), t["cap_offsets"].long(), t["cap_rows"].long())
 
 
 @dataclass
@@ -106,21 +102,10 @@ def _items(source: str, resolution: int, split: str, limit: int) -> Iterator[tup
         yield item["image"], [item["caption"], *[a for a in alts if isinstance(a, str) and a]]
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> uint8 pixels."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def from_uint8(pixels: torch.Tensor) -> torch.Tensor:
-    return pixels.float() / 127.5 - 1
-
-
 @torch.no_grad()
 def _tokenize(items: Iterator[tuple[torch.Tensor, list[str]]], tokenizer, batch_size: int, desc: str,
               total: int | None) -> tuple[torch.Tensor | None, list[list[str]]]:
-    """Encode images in batches: (tokens [N, h, w] int16, or uint8 pixels [N, 3, R, R] when
-    tokenizer is None; None if no items, captions)."""
-    encode = to_uint8 if tokenizer is None else (lambda x: tokenizer.encode(x).to(torch.int16))
+    """Encode images in batches: (tokens [N, h, w] int16 or None if no items, captions)."""
     toks: list[torch.Tensor] = []
     caps: list[list[str]] = []
     images: list[torch.Tensor] = []
@@ -128,10 +113,10 @@ def _tokenize(items: Iterator[tuple[torch.Tensor, list[str]]], tokenizer, batch_
         images.append(image)
         caps.append(captions)
         if len(images) == batch_size:
-            toks.append(encode(torch.stack(images)))
+            toks.append(tokenizer.encode(torch.stack(images)).to(torch.int16))
             images = []
     if images:
-        toks.append(encode(torch.stack(images)))
+        toks.append(tokenizer.encode(torch.stack(images)).to(torch.int16))
     return (torch.cat(toks) if toks else None), caps
 
 
@@ -142,18 +127,14 @@ def cache_key(info: dict) -> str:
 def build_token_data(sources: list[str], tokenizer, encoder, resolution: int, cache_dir: str | Path,
                      shapes_train: int, shapes_val: int, tokenizer_id: str,
                      batch_size: int = 32) -> TokenData:
-    """Tokenize + embed `sources` into cache_dir/<hash> unless already there; load it.
-    tokenizer None: keep the pixels (tokenizer_id is then ignored and recorded as "pixels")."""
-    if tokenizer is None:
-        tokenizer_id = "pixels"
+    """Tokenize + embed `sources` into cache_dir/<hash> unless already there; load it."""
     info = {"sources": list(sources), "resolution": resolution, "tokenizer": tokenizer_id,
             "text_encoder": encoder.name, "shapes_train": shapes_train, "shapes_val": shapes_val,
             "version": 1}
     folder = Path(cache_dir) / cache_key(info)
     if (folder / INFO).is_file():
         return TokenData.load(folder)
-    empty = (0, 3, resolution, resolution) if tokenizer is None else \
-        (0, resolution // tokenizer.downsample, resolution // tokenizer.downsample)
+    grid = resolution // tokenizer.downsample
     splits: dict[str, tuple[list[torch.Tensor], list[list[str]]]] = {}
     counts: dict[str, list[int]] = {}
     for split in ("train", "val"):
@@ -164,8 +145,7 @@ def build_token_data(sources: list[str], tokenizer, encoder, resolution: int, ca
                 else None
             t, c = _tokenize(_items(source, resolution, split, limit or 1 << 62), tokenizer, batch_size,
                              f"tokenize {source} {split}", limit)
-            dtype = torch.uint8 if tokenizer is None else torch.int16
-            toks.append(t if t is not None else torch.zeros(empty, dtype=dtype))
+            toks.append(t if t is not None else torch.zeros(0, grid, grid, dtype=torch.int16))
             caps += c
             counts.setdefault(split, []).append(len(c))
         if split == "train" and not caps:

@@ -9,8 +9,8 @@ second copy of the teacher) takes `fake_updates` flow-loss updates on fresh G sa
 method "dmd" (DMD1) adds the regression loss on (noise, teacher ODE output) pairs computed
 once at the start and kept in the run folder.
 
-Prompts are the captions of the teacher's training data (the pixel cache the teacher trained
-from; its images are the GAN's real side). Every random draw of step s comes from a generator
+Prompts are the captions of the teacher's training data (the token cache the teacher trained
+from; their latents are the GAN's real side). Every random draw of step s comes from a generator
 seeded by (seed, s), so `--resume` continues exactly. The run folder holds config.json,
 metrics.jsonl, samples/, checkpoints/ and, at the end, student/: a model folder.
 """
@@ -29,10 +29,11 @@ from tqdm import tqdm
 
 from ..config import Config, check_range
 from ..data.images import make_grid
-from ..data.tokens import build_token_data, from_uint8
+from ..data.tokens import build_token_data
 from ..errors import ConfigError
 from ..fsutil import atomic_write_bytes
 from ..models import DiT
+from ..models.dit import token_latents
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.trigflow import denoise, few_step_sample, ode_sample, student_times
 from ..train.log import JsonlLogger
@@ -47,7 +48,7 @@ STUDENT_STEPS = (1, 2, 4)
 @dataclass
 class DMDConfig(Config):
     kind = "distill_dmd"
-    teacher: str = "dit-128"  # bundled name or folder of a pixel diffusion model (kind "dit")
+    teacher: str = "dit-128"  # bundled name or folder of a diffusion model (kind "dit")
     teacher_guidance: float | None = None  # the real score's guidance; None: the teacher's default
     method: Literal["dmd2", "dmd"] = "dmd2"  # dmd: + DMD1's regression loss (one step only)
     student_steps: int = 1
@@ -59,7 +60,7 @@ class DMDConfig(Config):
     regression_pairs: int = 64
     regression_batch: int = 4
     data: tuple[str, ...] = ("data/emoji", "shapes:0")  # whose captions are the prompts
-    shapes_train: int = 6000  # as the teacher's training config, so its pixel cache is reused
+    shapes_train: int = 6000  # as the teacher's training config, so its token cache is reused
     shapes_val: int = 100
     cache_dir: str = "data/cache"
     batch_size: int = 8
@@ -100,8 +101,8 @@ def load_teacher(name: str) -> Pipeline:
     pipe = Pipeline.from_pretrained(name)
     if not isinstance(pipe.transformer, DiT) or pipe.defaults.sampler != "ode":
         what = pipe.defaults.sampler if isinstance(pipe.transformer, DiT) else type(pipe.transformer).__name__
-        raise ConfigError(f"teacher {name!r} is a {what} model; accepted: a pixel diffusion model sampled "
-                          "by its ODE (kind 'dit', e.g. dit-128)")
+        raise ConfigError(f"teacher {name!r} is a {what} model; accepted: a diffusion model sampled by its "
+                          "ODE (kind 'dit', e.g. dit-128)")
     return pipe
 
 
@@ -117,8 +118,8 @@ def regression_set(teacher: Pipeline, cfg: DMDConfig, prompts: list[str], path: 
         return load(path.read_bytes())
     m, d = teacher.transformer, teacher.defaults
     gen = torch.Generator().manual_seed(cfg.seed)
-    z = m.config.sigma_d * torch.randn(len(prompts), m.config.channels, m.config.resolution,
-                                       m.config.resolution, generator=gen)
+    z = m.config.sigma_d * torch.randn(len(prompts), m.config.channels, m.config.grid, m.config.grid,
+                                       generator=gen)
     g = teacher_guidance(cfg, teacher)
     outs = []
     for i in tqdm(range(0, len(prompts), 16), desc="teacher ODE pairs"):
@@ -143,12 +144,12 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
     teacher = load_teacher(cfg.teacher)
     tm = teacher.transformer.requires_grad_(False)
     s = tm.config.sigma_d
-    data = build_token_data(list(cfg.data), None, teacher.text_encoder, teacher.resolution, cfg.cache_dir,
-                            cfg.shapes_train, cfg.shapes_val, tokenizer_id="pixels")
+    data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
+                            cfg.cache_dir, cfg.shapes_train, cfg.shapes_val, tokenizer_id=tm.config.tokenizer)
     rows = data.train.cap_rows  # every caption of the training split (alternatives included)
     g = teacher_guidance(cfg, teacher)
     times = student_times(cfg.student_steps)
-    shape = (cfg.batch_size, tm.config.channels, tm.config.resolution, tm.config.resolution)
+    shape = (cfg.batch_size, tm.config.channels, tm.config.grid, tm.config.grid)
 
     torch.manual_seed(cfg.seed)
     student = copy.deepcopy(tm).train().requires_grad_(True)
@@ -163,7 +164,7 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
     (out / "samples").mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.json")
     logger = JsonlLogger(out / "metrics.jsonl", resume_step=start if resume else None)
-    student_pipe = Pipeline(ema, None, teacher.text_encoder, student_defaults(cfg))
+    student_pipe = Pipeline(ema, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg))
     probe = list(cfg.sample_prompts)
     if start == 0:
         make_grid(teacher(probe, seed=0), ncols=min(len(probe), 8), captions=probe).save(
@@ -213,8 +214,8 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
             loss = fake_loss(x, fake_v, gen)
             logs["loss_fake"] = loss.item()
             if cfg.gan:  # G's side: the features of the flow loss's own forward pass
-                real = s * from_uint8(data.train.tokens[torch.randint(len(data.train), (cfg.batch_size,),
-                                                                      generator=gen)])
+                pick = torch.randint(len(data.train), (cfg.batch_size,), generator=gen)
+                real = token_latents(teacher.tokenizer, data.train.tokens[pick], tm.config.latent_scale)
                 d_loss, d_logs = gan_discriminator_loss(real, head(features["tokens"]),
                                                         lambda x_t, t, c=fctx: logits_of(x_t, t, c), gen)
                 loss = loss + cfg.disc_weight * d_loss
@@ -266,7 +267,7 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
 
 
 def save_student(out: Path, cfg: DMDConfig, student: DiT, teacher: Pipeline) -> Path:
-    pipe = Pipeline(student, None, teacher.text_encoder, student_defaults(cfg))
+    pipe = Pipeline(student, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg))
     card = (f"# {cfg.student_steps}-step {cfg.method.upper()} student of {cfg.teacher}\n\n`fastmuse distill "
             f"dmd`: {cfg.steps} generator updates, batch {cfg.batch_size}, {cfg.fake_updates} fake-denoiser "
             f"updates each, GAN {'on' if cfg.gan else 'off'}, real-score guidance "

@@ -124,8 +124,6 @@ def evaluate(model: str, suites: list[str], out: Path, s: EvalSettings) -> dict:
               "guidance": pipe.defaults.guidance if s.guidance is None else s.guidance, "seeds": s.seeds,
               "machine": describe_machine()}
     for suite in suites:
-        if suite == "tokenizer" and pipe.tokenizer is None:
-            continue  # a pixel diffusion model has no tokenizer to measure
         t0 = time.perf_counter()
         if suite == "speed":
             result["speed"] = eval_speed(pipe, s)

@@ -1,13 +1,17 @@
-"""A text-conditioned diffusion transformer on pixels (DiT-style), in TrigFlow form: the
-continuous-family teacher that the DMD and sCM students distil (sampling/trigflow.py).
+"""A text-conditioned diffusion transformer (DiT-style) on the VQ tokenizer's latent, in
+TrigFlow form: the continuous-family teacher that the DMD and sCM students distil
+(sampling/trigflow.py).
 
-    x_t [B, 3, H, W] / sigma_d -> p x p patches -> Linear -> + row/column position embeddings
+    x_t [B, D, h, w] / sigma_d -> p x p patches -> Linear -> + row/column position embeddings
       -> depth x Block (models/transformer.py: adaLN-Zero self-attention, cross-attention to the
          text states, MLP), modulated by c = MLP(pooled text) + MLP(sinusoid(t))
-      -> modulated LN -> Linear -> patches -> F [B, 3, H, W];   velocity v = sigma_d F
+      -> modulated LN -> Linear -> patches -> F [B, D, h, w];   velocity v = sigma_d F
 
-Pixels, not a latent: 128 px with 8 x 8 patches is a 16 x 16 grid, the masked model's, so the
-two families compare at equal sequence length, with no autoencoder to train first. The time
+The data x0 are the codebook vectors of the masked model's own tokens (tokenizer-f8: 32-d on a
+16 x 16 grid at 128 px), times `latent_scale` (std sigma_d over the training set); images come
+from the same VQ decoder. So the two families share data, sequence length and decoder, and
+differ only in the generative model. (Pixels with 8 x 8 patches, tried first, still gave
+patch-wise noise after 600 CPU steps; the latent is LDM's VQ-regularised choice.) The time
 embedding takes t in [0, pi/2] unscaled, so the highest frequency is 1: smooth in t, as sCM's
 tangents need.
 """
@@ -35,9 +39,12 @@ if TYPE_CHECKING:
 @dataclass
 class DiTConfig(Config):
     kind = "dit"
-    resolution: int = 128
-    patch: int = 8
-    channels: int = 3
+    grid: int = 16  # latent side
+    patch: int = 1
+    channels: int = 32  # the tokenizer's code dimension
+    resolution: int = 128  # image side: grid x the tokenizer's downsampling
+    tokenizer: str = "tokenizer-f8"
+    latent_scale: float = 1.0  # codebook vectors x this = the data x0 (set by the trainer)
     dim: int = 256
     depth: int = 6
     heads: int = 4
@@ -45,21 +52,24 @@ class DiTConfig(Config):
     text_dim: int = 384
     pooled_dim: int = 384
     text_encoder: str = "minilm"
-    sigma_d: float = 0.5  # data standard deviation: pixels in [-1, 1] are scaled to it
+    sigma_d: float = 0.5  # data standard deviation (latent_scale makes it so)
 
     def validate(self) -> None:
-        for name in ("resolution", "patch", "channels", "dim", "depth", "heads", "text_dim", "pooled_dim"):
+        for name in ("grid", "resolution", "patch", "channels", "dim", "depth", "heads", "text_dim",
+                     "pooled_dim"):
             check_range(name, getattr(self, name), 1)
         check_range("sigma_d", self.sigma_d, 1e-3)
-        if self.resolution % self.patch:
-            raise ConfigError(f"'resolution' is {self.resolution}; accepted: a multiple of 'patch' "
-                              f"({self.patch})")
+        check_range("latent_scale", self.latent_scale, 1e-6)
+        if self.grid % self.patch:
+            raise ConfigError(f"'grid' is {self.grid}; accepted: a multiple of 'patch' ({self.patch})")
         if self.dim % self.heads:
             raise ConfigError(f"'dim' is {self.dim}; accepted: a multiple of 'heads' ({self.heads})")
 
-    @property
-    def grid(self) -> int:
-        return self.resolution // self.patch
+    def describe(self) -> str:
+        return (f"{self.patch}x{self.patch} patches of the {self.grid}x{self.grid}x{self.channels} latent, "
+                f"dim {self.dim}, depth {self.depth}, heads {self.heads}, MLP x{self.mlp_ratio}; "
+                "self-attention + cross-attention to the text states + MLP per block, adaLN-Zero "
+                "modulation from the pooled text + a sinusoidal embedding of t")
 
 
 class DiT(PretrainedMixin, nn.Module):
@@ -68,10 +78,10 @@ class DiT(PretrainedMixin, nn.Module):
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
         self.config = cfg = config
-        patch_dim = cfg.channels * cfg.patch**2
+        patch_dim, cells = cfg.channels * cfg.patch**2, cfg.grid // cfg.patch
         self.patch_in = nn.Linear(patch_dim, cfg.dim)
-        self.row_emb = nn.Parameter(torch.zeros(cfg.grid, cfg.dim))
-        self.col_emb = nn.Parameter(torch.zeros(cfg.grid, cfg.dim))
+        self.row_emb = nn.Parameter(torch.zeros(cells, cfg.dim))
+        self.col_emb = nn.Parameter(torch.zeros(cells, cfg.dim))
         self.text_proj = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, cfg.dim))
         self.cond = nn.Sequential(nn.Linear(cfg.pooled_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         self.time = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
@@ -92,9 +102,9 @@ class DiT(PretrainedMixin, nn.Module):
         ctx = self.prepare_text(text) if isinstance(text, TextEmbedding) else text
         cfg, (b, ch, h, w) = self.config, x.shape
         p = cfg.patch
-        if ch != cfg.channels or h % p or w % p or h > cfg.resolution or w > cfg.resolution:
+        if ch != cfg.channels or h % p or w % p or h > cfg.grid or w > cfg.grid:
             raise ConfigError(f"input {ch}x{h}x{w}; accepted: {cfg.channels} channels, sides multiples of "
-                              f"{p} up to {cfg.resolution}")
+                              f"{p} up to {cfg.grid}")
         gh, gw = h // p, w // p
         patches = x.view(b, ch, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, ch * p * p)
         pos = (self.row_emb[:gh, None] + self.col_emb[None, :gw]).reshape(gh * gw, -1)
@@ -125,3 +135,14 @@ class DiT(PretrainedMixin, nn.Module):
             return v_c + guidance * (v_c - v_u)
 
         return velocity
+
+
+def token_latents(tokenizer, tokens: torch.Tensor, scale: float) -> torch.Tensor:
+    """Token ids [B, h, w] -> the DiT's data x0 [B, D, h, w]: codebook vectors x latent_scale."""
+    with torch.no_grad():
+        return scale * tokenizer.quantize.lookup(tokens.long())
+
+
+def latent_scale(tokenizer, tokens: torch.Tensor, sigma_d: float) -> float:
+    """The scale that gives the training set's codebook vectors standard deviation sigma_d."""
+    return float(sigma_d / token_latents(tokenizer, tokens, 1.0).double().std())

@@ -1,7 +1,7 @@
 """From a finished run to a model folder with a model card whose figures are rerunnable:
 held-out token accuracy (`fastmuse transformer eval`), loss curves, a sample grid. Masked
-and autoregressive runs get the same card, worded for their objective; a pixel diffusion
-(DiT) run gets its held-out flow loss instead."""
+and autoregressive runs get the same card, worded for their objective; a diffusion (DiT)
+run gets its held-out flow loss instead."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def heldout_accuracy(model: str | Path, config: str | Path) -> dict:
 
     cfg = TransformerTrainConfig.load(config)
     m = load_transformer(model)
-    tokenizer = None if isinstance(m, DiT) else VQTokenizer.from_pretrained(cfg.tokenizer)
+    tokenizer = VQTokenizer.from_pretrained(cfg.tokenizer)
     data = build_token_data(list(cfg.data), tokenizer, load_text_encoder(cfg.text_encoder),
                             m.config.resolution, cfg.cache_dir, cfg.shapes_train, cfg.shapes_val,
                             tokenizer_id=cfg.tokenizer)
@@ -36,7 +36,7 @@ def heldout_accuracy(model: str | Path, config: str | Path) -> dict:
     if isinstance(m, DiT):  # held-out flow loss at fixed times and noise
         return {"model": str(model), "config": str(config),
                 "val_counts": {k: len(r) for k, r in groups.items()},
-                "with_captions": evaluate_diffusion(m, data.val, data.captions, groups)}
+                "with_captions": evaluate_diffusion(m, tokenizer, data.val, data.captions, groups)}
     with_text = evaluate_masked(m, data.val, data.captions, groups)
     empty = int(data.captions.rows([""])[0])
     without = evaluate_masked(m, data.val, data.captions, groups, caption_row=empty)
@@ -152,7 +152,8 @@ fastmuse transformer export --run runs/{name} --out src/fastmuse/assets/{name}
 def export_diffusion_run(run: Path, cfg: TransformerTrainConfig, model: DiT, out: str | Path, name: str,
                          notes: str, defaults: SamplerDefaults | None) -> Path:
     defaults = dataclasses.replace(defaults or SamplerDefaults(steps=16, guidance=1.0), sampler="ode")
-    pipe = Pipeline(model, None, load_text_encoder(cfg.text_encoder), defaults)
+    pipe = Pipeline(model, VQTokenizer.from_pretrained(cfg.tokenizer), load_text_encoder(cfg.text_encoder),
+                    defaults)
     d, mc = pipe.defaults, model.config
     images = pipe(list(CARD_PROMPTS), n=4, seed=0)
     grid = make_grid(images, ncols=8, captions=[p for p in CARD_PROMPTS for _ in range(4)])
@@ -162,11 +163,13 @@ def export_diffusion_run(run: Path, cfg: TransformerTrainConfig, model: DiT, out
     rows = "\n".join(f"| {g} ({n}) | {w[f'val_loss_{g}']:.4f} |" for g, n in ev["val_counts"].items())
     last = next(r for r in reversed(records) if "loss" in r)
     params = sum(p.numel() for p in model.parameters())
-    card = f"""# {name}: pixel diffusion transformer (fastmuse)
+    card = f"""# {name}: latent diffusion transformer (fastmuse)
 
-A DiT-style text-conditioned diffusion transformer on {mc.resolution} px pixels in the TrigFlow
-parameterisation (x_t = cos(t) x0 + sin(t) z, sigma_d = {mc.sigma_d}, the network predicts the
-velocity), sampled by its probability-flow ODE with classifier-free guidance: the teacher that
+A DiT-style text-conditioned diffusion transformer in the TrigFlow parameterisation
+(x_t = cos(t) x0 + sin(t) z, sigma_d = {mc.sigma_d}, the network predicts the velocity) on the
+continuous latent of the `{mc.tokenizer}` VQ tokenizer (its codebook vectors,
+{mc.grid}x{mc.grid}x{mc.channels} at {mc.resolution} px, decoded by the same decoder as the masked
+models), sampled by its probability-flow ODE with classifier-free guidance: the teacher that
 `fastmuse distill dmd` (and sCM) distil. Trained from scratch on a 2-core CPU by fastmuse.
 
 ![samples](grid.png)
@@ -176,15 +179,14 @@ Prompts above (seed 0, {d.steps} {d.solver} steps, guidance {d.guidance}), 4 ima
 Network evaluations per image: {pipe.network_evaluations(d.steps, d.guidance)}.
 
 ## Model
-- {params / 1e6:.1f}M parameters: {mc.patch}x{mc.patch} patches ({mc.grid}x{mc.grid} tokens), dim {mc.dim},
-  depth {mc.depth}, heads {mc.heads}, MLP x{mc.mlp_ratio}; self-attention + cross-attention to the text
-  states + MLP per block, adaLN-Zero modulation from the pooled text + a sinusoidal embedding of t.
+- {params / 1e6:.1f}M parameters: {mc.describe()}.
+- Data scale: codebook vectors x {mc.latent_scale:.4f} (standard deviation {mc.sigma_d} on the training set).
 - Text encoder: `{mc.text_encoder}` ({mc.text_dim}-d token states, {mc.pooled_dim}-d pooled), frozen.
 - Sampling defaults (`sampler.json`): {json.dumps(vars(d))}.
 
 ## Training data
 {", ".join(f"`{s}` x{k}" for s, k in zip(cfg.data, cfg.repeats, strict=True))} (repeats = times each
-sample appears per epoch), {mc.resolution} px, pixels scaled to [-{mc.sigma_d}, {mc.sigma_d}]; captions
+sample appears per epoch), {mc.resolution} px, the same token cache as the masked models; captions
 dropped to "" with probability {cfg.caption_dropout} (for classifier-free guidance).
 
 ## Training

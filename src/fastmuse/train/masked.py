@@ -9,8 +9,9 @@ resume: the batch, its masks and caption choices are functions of (seed, step, r
 
 A config whose model is an `ar_transformer` trains the autoregressive baseline the same way
 (same data, captions, optimiser, EMA), with next-token cross-entropy on every token instead.
-A `dit` model is the pixel diffusion teacher: the cache keeps pixels instead of tokens and
-the loss is TrigFlow's flow loss (sampling/trigflow.py) at sCM's log-normal times.
+A `dit` model is the diffusion teacher: the same tokens become its continuous data (their
+codebook vectors, models/dit.py) and the loss is TrigFlow's flow loss (sampling/trigflow.py)
+at sCM's log-normal times.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from tqdm import tqdm
 
 from ..config import Config, check_range
 from ..data.images import make_grid, to_pil
-from ..data.tokens import TokenData, TokenSplit, build_token_data, from_uint8
+from ..data.tokens import TokenData, TokenSplit, build_token_data
 from ..errors import ConfigError
 from ..models import TRANSFORMERS, DiT, DiTConfig, MMDiTConfig, Transformer, UViTConfig
 from ..models.autoregressive import ARTransformer, ARTransformerConfig
+from ..models.dit import latent_scale, token_latents
 from ..models.transformer import MaskedTransformerConfig
 from ..sampling.autoregressive import ar_sample
 from ..sampling.maskgit import maskgit_sample
@@ -148,11 +150,10 @@ def loss_inputs(tokens: torch.Tensor, mcfg: MaskedTransformerConfig,
     return random_mask(tokens, mcfg.mask_id, gen)
 
 
-def diffusion_loss(model: torch.nn.Module, sigma_d: float, pixels: torch.Tensor, text,
+def diffusion_loss(model: torch.nn.Module, sigma_d: float, x0: torch.Tensor, text,
                    gen: torch.Generator) -> torch.Tensor:
-    """The DiT's flow loss on uint8 pixels (scaled to [-sigma_d, sigma_d]) at sCM's times.
-    Calls the module itself (not .velocity) so a DDP wrapper sees the forward."""
-    x0 = sigma_d * from_uint8(pixels)
+    """The DiT's flow loss on data x0 at sCM's times. Calls the module itself (not .velocity)
+    so a DDP wrapper sees the forward."""
     t = sample_time(len(x0), sigma_d=sigma_d, generator=gen).to(x0.device)
     z = sigma_d * torch.randn(x0.shape, generator=gen).to(x0.device)
     return flow_loss(lambda x, tt: sigma_d * model(x / sigma_d, tt, text).float(), x0, t, z)
@@ -160,7 +161,8 @@ def diffusion_loss(model: torch.nn.Module, sigma_d: float, pixels: torch.Tensor,
 
 def training_loss(model: torch.nn.Module, mcfg, x: torch.Tensor, text, gen: torch.Generator,
                   label_smoothing: float, device) -> tuple[torch.Tensor, dict[str, float]]:
-    """One batch's loss and what to log with it, for whichever family `mcfg` describes."""
+    """One batch's loss and what to log with it, for whichever family `mcfg` describes
+    (x: token ids, or for a DiT their latents)."""
     if isinstance(mcfg, DiTConfig):
         loss = diffusion_loss(model, mcfg.sigma_d, x.to(device), text, gen)
         return loss, {"loss": loss.item()}
@@ -171,8 +173,8 @@ def training_loss(model: torch.nn.Module, mcfg, x: torch.Tensor, text, gen: torc
 
 
 @torch.no_grad()
-def evaluate_diffusion(model: DiT, split: TokenSplit, captions: EmbeddingCache, groups: dict[str, range],
-                       batch_size: int = 64, seed: int = 1234) -> dict[str, float]:
+def evaluate_diffusion(model: DiT, tokenizer, split: TokenSplit, captions: EmbeddingCache,
+                       groups: dict[str, range], batch_size: int = 64, seed: int = 1234) -> dict[str, float]:
     """Held-out flow loss per group and overall, with the same times and noise every call."""
     out, total = {}, 0.0
     for name, rng in groups.items():
@@ -180,7 +182,8 @@ def evaluate_diffusion(model: DiT, split: TokenSplit, captions: EmbeddingCache, 
         for start in range(rng.start, rng.stop, batch_size):
             idx = list(range(start, min(start + batch_size, rng.stop)))
             text = captions.lookup(torch.stack([split.caption_rows(i)[0] for i in idx]))
-            batch_loss = diffusion_loss(model, model.config.sigma_d, split.tokens[idx], text, gen)
+            x0 = token_latents(tokenizer, split.tokens[idx], model.config.latent_scale)
+            batch_loss = diffusion_loss(model, model.config.sigma_d, x0, text, gen)
             loss += len(idx) * float(batch_loss)
         out[f"val_loss_{name}"] = loss / len(rng)
         total += loss
@@ -235,10 +238,10 @@ def sample_grid(model: Transformer, tokenizer, encoder, prompts: tuple[str, ...]
     uncond = model.prepare_text(encoder.encode([""] * len(prompts)))
     gen = torch.Generator().manual_seed(seed)
     if isinstance(model, DiT):
-        s = model.config.sigma_d
-        z = s * torch.randn(len(prompts), model.config.channels, model.config.resolution,
-                            model.config.resolution, generator=gen)
-        images = (ode_sample(model.guided(cond, uncond, guidance), z, steps) / s).clamp(-1, 1)
+        c = model.config
+        z = c.sigma_d * torch.randn(len(prompts), c.channels, c.grid, c.grid, generator=gen)
+        x = ode_sample(model.guided(cond, uncond, guidance), z, steps)
+        images = tokenizer.decode_latents(x / c.latent_scale).clamp(-1, 1)
         return make_grid([to_pil(im) for im in images], ncols=min(len(prompts), 8), captions=list(prompts))
     if isinstance(model, ARTransformer):
         tokens = ar_sample(model, cond, uncond, guidance=guidance, generator=gen)
@@ -274,16 +277,18 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
     out = Path(out)
     acc = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
     ckpt = checkpoint_to_resume(out, resume, acc)
+    tokenizer = VQTokenizer.from_pretrained(cfg.tokenizer)
     encoder = load_text_encoder(cfg.text_encoder)
     resolution = cfg.model.resolution
     diffusion = isinstance(cfg.model, DiTConfig)
-    tokenizer = None if diffusion else VQTokenizer.from_pretrained(cfg.tokenizer)
-    if diffusion:  # pixels: no tokenizer
-        mcfg = cfg.model.replace(text_dim=encoder.hidden_dim, pooled_dim=encoder.pooled_dim,
-                                 text_encoder=cfg.text_encoder)
-    elif resolution % tokenizer.downsample:
+    if resolution % tokenizer.downsample:
         raise ConfigError(f"model.resolution {resolution} is not a multiple of the tokenizer's "
                           f"downsampling {tokenizer.downsample}")
+    if diffusion:  # its data: the tokens' codebook vectors
+        mcfg = cfg.model.replace(grid=resolution // tokenizer.downsample,
+                                 channels=tokenizer.config.vq_embed_dim, tokenizer=cfg.tokenizer,
+                                 text_dim=encoder.hidden_dim, pooled_dim=encoder.pooled_dim,
+                                 text_encoder=cfg.text_encoder)
     else:
         try:
             mcfg = cfg.model.for_data(tokenizer.codebook_size, resolution // tokenizer.downsample,
@@ -295,6 +300,9 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
     with acc.main_process_first():  # one process builds the cache, the others load it
         data = build_token_data(list(cfg.data), tokenizer, encoder, resolution, cfg.cache_dir,
                                 cfg.shapes_train, cfg.shapes_val, tokenizer_id=cfg.tokenizer)
+    if diffusion:  # deterministic: a resumed run computes the same scale
+        mcfg = mcfg.replace(latent_scale=latent_scale(tokenizer, data.train.tokens, mcfg.sigma_d))
+        cfg = cfg.replace(model=mcfg)
     train_ranges = source_ranges(data.info["counts"]["train"])
     groups = val_groups(data)
     order = torch.cat([torch.arange(r.start, r.stop).repeat(k) for r, k in zip(train_ranges, cfg.repeats,
@@ -337,8 +345,11 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
             text = data.captions.lookup(rows).to(acc.device)
             with acc.accumulate(model):
                 with acc.autocast():
-                    loss, metrics = training_loss(model, mcfg, data.train.tokens[idx], text, gen,
-                                                  cfg.label_smoothing, acc.device)
+                    batch = data.train.tokens[idx]
+                    if diffusion:
+                        batch = token_latents(tokenizer, batch, mcfg.latent_scale)
+                    loss, metrics = training_loss(model, mcfg, batch, text, gen, cfg.label_smoothing,
+                                                  acc.device)
                 acc.backward(loss)
                 if acc.sync_gradients:
                     logs["grad_norm"] = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
@@ -356,8 +367,11 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
                 logger.log(logs)
             bar.set_postfix({k: f"{logs[k]:.3f}" for k in ("loss", "acc") if k in logs})
         if acc.is_main_process and (done % cfg.eval_every == 0 or done == end):
-            evaluate = evaluate_diffusion if diffusion else evaluate_masked
-            logger.log({"step": done, **evaluate(ema, data.val, data.captions, groups)})
+            if diffusion:
+                metrics = evaluate_diffusion(ema, tokenizer, data.val, data.captions, groups)
+                logger.log({"step": done, **metrics})
+            else:
+                logger.log({"step": done, **evaluate_masked(ema, data.val, data.captions, groups)})
             sample_grid(ema, tokenizer, encoder, cfg.sample_prompts, cfg.sample_steps,
                         cfg.sample_guidance).save(out / "samples" / f"step-{done:06d}.png")
         if done % cfg.save_every == 0 or done == end:
