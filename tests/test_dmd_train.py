@@ -146,6 +146,9 @@ def test_dmd1_regression_cli_and_bad_input(parts, teacher, tmp_path, capsys):
     assert Pipeline.from_pretrained(tmp_path / "run/student").defaults.steps == 1
     assert main(["distill", "dmd", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 1
     assert "already holds a run" in capsys.readouterr().err
+    assert main(["distill", "dmd", "--config", str(cfg), "--out", str(tmp_path / "run"), "--resume",
+                 "--method", "dmd2"]) == 1
+    assert "method is 'dmd2', the run" in capsys.readouterr().err
     masked = tiny_pipeline(tmp_path / "masked")
     assert main(["distill", "dmd", "--config", str(cfg), "--teacher", str(masked),
                  "--out", str(tmp_path / "x")]) == 1

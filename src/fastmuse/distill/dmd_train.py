@@ -141,6 +141,12 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
 
     out = Path(out)
     ckpt = checkpoint_to_resume(out, resume, make_accelerator("no", 1))
+    if ckpt is not None:  # the networks and objective must be the run's own
+        saved = DMDConfig.load(ckpt / "config.json")
+        for name in ("teacher", "method", "student_steps", "gan"):
+            if getattr(saved, name) != getattr(cfg, name):
+                raise ConfigError(f"--resume: {name} is {getattr(cfg, name)!r}, the run in {out} was started "
+                                  f"with {getattr(saved, name)!r}")
     teacher = load_teacher(cfg.teacher)
     tm = teacher.transformer.requires_grad_(False)
     s = tm.config.sigma_d
