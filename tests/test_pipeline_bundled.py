@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fastmuse.data.shapes import nearest_colour
+from fastmuse.errors import ConfigError
 from fastmuse.hub import bundled_models, load_checkpoint
 from fastmuse.pipeline import Pipeline
 
@@ -59,3 +60,16 @@ def test_one_step_student_bundled():
     for colour in ("red", "blue", "yellow", "green"):
         found = [dominant_colour(im) for im in student(f"a {colour} circle", n=4, seed=0)]
         assert found.count(colour) >= 3, (colour, found)
+
+
+def test_diffusion_teacher_and_dmd_student_bundled():
+    """dit-128 (Heun ODE, 46 network passes) and its one-step DMD student load verified and
+    generate 128 px images from the same decoder; the student takes 1 step and nothing else."""
+    for name in ("dit-128", "dmd-128"):
+        assert {"README.md", "sampler.json", "grid.png", "metrics.jsonl"} <= set(load_checkpoint(name).files)
+    teacher, student = Pipeline.from_pretrained("dit-128"), Pipeline.from_pretrained("dmd-128")
+    assert teacher.defaults.sampler == "ode" and teacher.network_evaluations(12, 1.0) == 46
+    assert student.defaults.sampler == "few_step" and student.network_evaluations(1, 0.0) == 1
+    assert teacher("a red circle", steps=2)[0].size == student("a red circle")[0].size == (128, 128)
+    with pytest.raises(ConfigError, match="1-step student takes 1"):
+        student("a red circle", steps=4)

@@ -269,13 +269,19 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
             prune_checkpoints(out, cfg.keep_checkpoints)
         if stop_at is not None and done >= stop_at:
             return out
-    return save_student(out / "student", cfg, ema, teacher)
+    return save_student(out, cfg, ema, teacher)
 
 
-def save_student(out: Path, cfg: DMDConfig, student: DiT, teacher: Pipeline) -> Path:
+def save_student(run: Path, cfg: DMDConfig, student: DiT, teacher: Pipeline) -> Path:
+    """run/student: the model folder, with the run's config, metrics and last sample grid."""
     pipe = Pipeline(student, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg))
-    card = (f"# {cfg.student_steps}-step {cfg.method.upper()} student of {cfg.teacher}\n\n`fastmuse distill "
-            f"dmd`: {cfg.steps} generator updates, batch {cfg.batch_size}, {cfg.fake_updates} fake-denoiser "
-            f"updates each, GAN {'on' if cfg.gan else 'off'}, real-score guidance "
-            f"{teacher_guidance(cfg, teacher)}. Config and metrics in the run folder.\n")
-    return pipe.save_pretrained(out, card)
+    card = (f"# {cfg.student_steps}-step {cfg.method.upper()} student of {cfg.teacher}\n\n"
+            f"![samples](grid.png)\n\n`fastmuse distill dmd`: {cfg.steps} generator updates, batch "
+            f"{cfg.batch_size}, {cfg.fake_updates} fake-denoiser updates each, GAN "
+            f"{'on' if cfg.gan else 'off'}, real-score guidance {teacher_guidance(cfg, teacher)}; "
+            f"`config.dmd.json` is the run's config, `metrics.jsonl` its log. {cfg.student_steps} network "
+            f"evaluation(s) per image, no guidance pass (it is distilled in).\n")
+    files = {"metrics.jsonl": (run / "metrics.jsonl").read_bytes(),
+             "config.dmd.json": (run / "config.json").read_bytes(),
+             "grid.png": (run / "samples" / f"step-{cfg.steps:06d}.png").read_bytes()}
+    return pipe.save_pretrained(run / "student", card, files)

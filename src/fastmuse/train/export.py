@@ -210,7 +210,8 @@ Val splits (never trained on), the same times and noise every time it is measure
 ```
 make demo                                   # builds data/emoji and the venv
 fastmuse train transformer --config configs/{name}.json --out runs/{name}
-fastmuse transformer export --run runs/{name} --out src/fastmuse/assets/{name}
+fastmuse transformer export --run runs/{name} --out src/fastmuse/assets/{name} \\
+    --steps {d.steps} --guidance {d.guidance}
 ```
 """
     files = {"grid.png": _png(grid), "eval.json": (json.dumps(ev, indent=2) + "\n").encode(),
