@@ -27,7 +27,7 @@ from ..models import ARTransformer
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.maskgit import guidance_context, guided_logits, token_logprob
 from ..train.log import JsonlLogger
-from ..train.masked import SAMPLE_PROMPTS, random_mask, step_generator
+from ..train.masked import SAMPLE_PROMPTS, random_mask, step_generator, update_ema
 from ..train.schedule import lr_at
 from ..train.state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
 from .dimo import DiMOSettings, aux_loss, generator_loss
@@ -198,10 +198,7 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
         logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip).item()
         opt_s.step()
         done = step + 1
-        with torch.no_grad():
-            d = min(cfg.ema_decay, (1 + done) / (10 + done))
-            for pe, ps in zip(ema.parameters(), student.parameters(), strict=True):
-                pe.lerp_(ps.detach(), 1 - d)
+        update_ema(ema, student, cfg.ema_decay, done)
         if done % cfg.log_every == 0 or done == cfg.steps:
             logger.log({"step": done, **logs_a, **logs})
             bar.set_postfix(tv=f"{logs['tv_aux_teacher']:.3f}", aux=f"{logs_a['loss_aux']:.3f}")

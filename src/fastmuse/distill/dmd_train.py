@@ -37,7 +37,7 @@ from ..models.dit import token_latents
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.trigflow import denoise, few_step_sample, ode_sample, student_times
 from ..train.log import JsonlLogger
-from ..train.masked import SAMPLE_PROMPTS, step_generator
+from ..train.masked import SAMPLE_PROMPTS, step_generator, update_ema
 from ..train.schedule import lr_at
 from ..train.state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
 from .dmd import DiscriminatorHead, fake_loss, gan_discriminator_loss, gan_generator_loss, generator_loss
@@ -254,10 +254,7 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
         logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip).item()
         opt_g.step()
         done = step + 1
-        with torch.no_grad():
-            d = min(cfg.ema_decay, (1 + done) / (10 + done))
-            for pe, ps in zip(ema.parameters(), student.parameters(), strict=True):
-                pe.lerp_(ps.detach(), 1 - d)
+        update_ema(ema, student, cfg.ema_decay, done)
         if done % cfg.log_every == 0 or done == cfg.steps:
             logger.log({"step": done, **logs})
             bar.set_postfix(fake=f"{logs['loss_fake']:.4f}", dm=f"{logs['dm_grad_norm']:.2f}")

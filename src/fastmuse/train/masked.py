@@ -104,6 +104,14 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, done: int) -> None:
+    """EMA with warm-up: early on (`done` updates) the average follows the weights."""
+    d = min(decay, (1 + done) / (10 + done))
+    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.lerp_(pm.detach(), 1 - d)
+
+
 def random_mask(tokens: torch.Tensor, mask_id: int,
                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask cos(pi/2 * r), r ~ U(0,1), of each grid's tokens (at least one).
@@ -357,10 +365,7 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
                 opt.zero_grad(set_to_none=True)
             logs.update(metrics)
         done = step + 1
-        with torch.no_grad():  # EMA with warm-up: early on the average follows the weights
-            d = min(cfg.ema_decay, (1 + done) / (10 + done))
-            for pe, pm in zip(ema.parameters(), raw.parameters(), strict=True):
-                pe.lerp_(pm.detach(), 1 - d)
+        update_ema(ema, raw, cfg.ema_decay, done)
         if done % cfg.log_every == 0 or done == end:
             logs.update(step=done, lr=lr)
             if acc.is_main_process:
