@@ -182,15 +182,17 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
         pairs = regression_set(teacher, cfg, captions, out / "regression_pairs.safetensors")
     uncond_one = teacher.uncond()
 
-    def sample_x(ctx, gen: torch.Generator, grad: bool) -> torch.Tensor:
+    def sample_x(text, gen: torch.Generator, grad: bool) -> torch.Tensor:
         """G's output at a random step of its schedule from its own earlier steps (backward
-        simulation; step 0 starts from noise)."""
+        simulation; step 0 starts from noise). G reads the text through its own projection."""
         z = s * torch.randn(shape, generator=gen)
         i = int(torch.randint(len(times), (1,), generator=gen))
         with torch.no_grad():
+            ctx = student.prepare_text(text)
             x_in = few_step_sample(lambda x, t: student.velocity(x, t, ctx), z, times, gen, upto=i)
         t = torch.full((len(z),), times[i])
         with torch.set_grad_enabled(grad):
+            ctx = student.prepare_text(text) if grad else ctx
             return denoise(x_in, t, student.velocity(x_in, t, ctx))
 
     def logits_of(x_t: torch.Tensor, t: torch.Tensor, ctx) -> torch.Tensor:
@@ -205,12 +207,11 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
                 group["lr"] = lr_at(step, cfg.replace(lr=base))
         text = data.captions.lookup(rows[torch.randint(len(rows), (cfg.batch_size,), generator=gen)])
         with torch.no_grad():
-            cond = tm.prepare_text(text)
-            real_v = tm.guided(cond, uncond_one.repeat(cfg.batch_size), g)
+            real_v = tm.guided(tm.prepare_text(text), uncond_one.repeat(cfg.batch_size), g)
         logs: dict[str, float] = {}
         for _ in range(cfg.fake_updates):  # the fake denoiser (and the GAN head) track G
             fctx = fake.prepare_text(text)
-            x = sample_x(cond, gen, grad=False)
+            x = sample_x(text, gen, grad=False)
             features = {}
 
             def fake_v(x_t: torch.Tensor, t: torch.Tensor, c=fctx, keep=features) -> torch.Tensor:
@@ -233,7 +234,7 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
 
         fake.requires_grad_(False)
         fctx = fake.prepare_text(text)
-        x = sample_x(cond, gen, grad=True)
+        x = sample_x(text, gen, grad=True)
         loss, dm_logs = generator_loss(x, real_v, lambda x_t, t, c=fctx: fake.velocity(x_t, t, c), gen)
         logs.update(dm_logs)
         if cfg.gan:
