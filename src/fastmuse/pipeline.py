@@ -52,12 +52,14 @@ class SamplerDefaults:
     noise: float = 4.5
     top_k: int = 0  # autoregressive models only (0: no cut)
     # "maskgit" (iterative), or "one_step" for a Di[M]O student with its initial-state settings;
-    # diffusion models: "ode" (the teacher, with `solver`) or "few_step" (a DMD student trained
-    # for `steps` steps, which also runs at any divisor of them: a subset of its times)
+    # diffusion models: "ode" (the teacher, with `solver`) or "few_step": a DMD student trained
+    # for `steps` uniform times, which also runs at any divisor of them (a subset of its times),
+    # or a consistency (sCM) student with its own `times`, which runs any prefix of them
     sampler: str = "maskgit"
     init_mask_ratio: float = 0.6
     embed_noise: float = 0.1
     solver: str = "heun"
+    times: list[float] | None = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -104,7 +106,7 @@ class SamplingRun:
             velocity = self.model.guided(self.cond, self.uncond, self.guidance)
             if "solver" in self.options:
                 return ode_sample(velocity, init, self.steps, **self.options)
-            return few_step_sample(velocity, init, student_times(self.steps), self.generator)
+            return few_step_sample(velocity, init, self.options["times"], self.generator)
         if isinstance(self.model, ARTransformer):
             g = self.model.config.grid
             if tuple(init.shape[-2:]) != (g, g) or bool((init != self.model.mask_id).any()):
@@ -207,11 +209,12 @@ class Pipeline(EditingMixin):
             steps = tokens
         elif isinstance(m, DiT) and d.sampler == "few_step":
             opts = {}
-            accepted = [k for k in range(1, d.steps + 1) if d.steps % k == 0]
+            accepted = [k for k in range(1, d.steps + 1) if d.times or d.steps % k == 0]
             steps = d.steps if steps is None else steps
             if steps not in accepted:
                 raise ConfigError(f"steps is {steps!r}; this {d.steps}-step student takes "
                                   f"{', '.join(map(str, accepted))}")
+            times = d.times[:steps] if d.times else student_times(steps)
         elif isinstance(m, DiT):
             opts = {"solver": d.solver}
             steps = d.steps if steps is None else steps
@@ -230,6 +233,8 @@ class Pipeline(EditingMixin):
             raise ConfigError(f"sampler option {unknown[0]!r} does not apply to this model; accepted: "
                               f"{', '.join(opts)}")
         opts.update(sampler)
+        if isinstance(m, DiT) and d.sampler == "few_step":
+            opts["times"] = times
         if isinstance(m, DiT):
             check_ode_args(steps, guidance, opts.get("solver", "heun"))
         elif isinstance(m, ARTransformer):

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..config import Config, check_range
+from ..config import check_range
 from ..convert import folder_files
 from ..data.images import make_grid
 from ..data.tokens import build_token_data
@@ -27,52 +27,35 @@ from ..models import ARTransformer
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.maskgit import guidance_context, guided_logits, token_logprob
 from ..train.log import JsonlLogger
-from ..train.masked import SAMPLE_PROMPTS, random_mask, step_generator, update_ema
-from ..train.schedule import lr_at
-from ..train.state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
+from ..train.masked import random_mask, step_generator, update_ema
+from ..train.state import load_training, prune_checkpoints, save_training
+from .common import DistillConfig, resume_checkpoint, set_lrs, teacher_guidance
 from .dimo import DiMOSettings, aux_loss, generator_loss
 
 
 @dataclass
-class DiMOConfig(Config):
+class DiMOConfig(DistillConfig):
     kind = "distill_dimo"
-    teacher: str = "muse-128"  # bundled name or model folder (a converted aMUSEd/Meissonic one too)
-    teacher_guidance: float | None = None  # None: the teacher's default
-    data: tuple[str, ...] = ("data/emoji", "shapes:0")  # whose captions are the prompts
-    shapes_train: int = 6000  # as the teacher's training config, so its caption cache is reused
-    shapes_val: int = 100
-    cache_dir: str = "data/cache"
+    teacher: str = "muse-128"  # a masked model (a converted aMUSEd/Meissonic one too)
     batch_size: int = 16
-    steps: int = 600  # student updates
-    aux_updates: int = 2  # auxiliary updates per student update
-    lr: float = 2e-5
-    aux_lr: float = 2e-5
+    steps: int = 600
     warmup_steps: int = 20
-    min_lr_ratio: float = 1.0  # constant after warm-up, as the reference
-    grad_clip: float = 1.0
+    eval_every: int = 100
+    save_every: int = 50
+    aux_updates: int = 2  # auxiliary updates per student update
+    aux_lr: float = 2e-5
     init_mask_ratio: float = 0.6
     embed_noise: float = 0.1
     beta: float = 0.0
     label_smoothing: float = 0.0  # the reference's 0.1 biases the fixed point (dimo.py)
-    ema_decay: float = 0.99
-    log_every: int = 10
-    eval_every: int = 100
-    save_every: int = 50
-    keep_checkpoints: int = 2
-    sample_prompts: tuple[str, ...] = SAMPLE_PROMPTS
-    seed: int = 0
 
     def validate(self) -> None:
-        for name in ("batch_size", "steps", "aux_updates", "log_every", "eval_every", "save_every",
-                     "keep_checkpoints", "shapes_train", "shapes_val"):
-            check_range(name, getattr(self, name), 1)
-        for name in ("init_mask_ratio", "beta", "label_smoothing", "ema_decay", "min_lr_ratio"):
+        super().validate()
+        check_range("aux_updates", self.aux_updates, 1)
+        for name in ("init_mask_ratio", "beta", "label_smoothing"):
             check_range(name, getattr(self, name), 0.0, 1.0)
         check_range("embed_noise", self.embed_noise, 0.0, 0.99)
-        check_range("lr", self.lr, 0.0)
         check_range("aux_lr", self.aux_lr, 0.0)
-        if self.teacher_guidance is not None:
-            check_range("teacher_guidance", self.teacher_guidance, 0.0)
 
 
 def load_teacher(name: str) -> Pipeline:
@@ -118,16 +101,10 @@ def save_student(out: Path, cfg: DiMOConfig, student: torch.nn.Module, teacher: 
     return pipe.save_pretrained(out, card, files)
 
 
-def teacher_guidance(cfg: DiMOConfig, teacher: Pipeline) -> float:
-    return teacher.defaults.guidance if cfg.teacher_guidance is None else cfg.teacher_guidance
-
-
 def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at: int | None = None) -> Path:
     """Run into folder `out`; returns the student model folder (out/student)."""
-    from ..train.distributed import make_accelerator
-
     out = Path(out)
-    ckpt = checkpoint_to_resume(out, resume, make_accelerator("no", 1))
+    ckpt = resume_checkpoint(out, resume, cfg, ("teacher",))
     teacher = load_teacher(cfg.teacher)
     tm = teacher.transformer.requires_grad_(False)
     tcfg = tm.config
@@ -169,9 +146,7 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="dimo")
     for step in bar:
         gen = step_generator(cfg.seed, step, 0)
-        for opt, base in ((opt_s, cfg.lr), (opt_a, cfg.aux_lr)):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg.replace(lr=base))
+        set_lrs(step, cfg, {opt_s: cfg.lr, opt_a: cfg.aux_lr})
         text = data.captions.lookup(rows[torch.randint(len(rows), (cfg.batch_size,), generator=gen)])
 
         def logits_of(model: torch.nn.Module, tokens: torch.Tensor, text=text) -> torch.Tensor:

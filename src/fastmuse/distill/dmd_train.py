@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load, save
 from tqdm import tqdm
 
-from ..config import Config, check_range
+from ..config import check_range
 from ..data.images import make_grid
 from ..data.tokens import build_token_data
 from ..errors import ConfigError
@@ -37,73 +37,48 @@ from ..models.dit import token_latents
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.trigflow import denoise, few_step_sample, ode_sample, student_times
 from ..train.log import JsonlLogger
-from ..train.masked import SAMPLE_PROMPTS, step_generator, update_ema
-from ..train.schedule import lr_at
-from ..train.state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
+from ..train.masked import step_generator, update_ema
+from ..train.state import load_training, prune_checkpoints, save_training
+from .common import (
+    DistillConfig,
+    load_diffusion_teacher,
+    resume_checkpoint,
+    save_run_student,
+    set_lrs,
+    teacher_guidance,
+)
 from .dmd import DiscriminatorHead, fake_loss, gan_discriminator_loss, gan_generator_loss, generator_loss
 
 STUDENT_STEPS = (1, 2, 4)
 
 
 @dataclass
-class DMDConfig(Config):
+class DMDConfig(DistillConfig):
     kind = "distill_dmd"
-    teacher: str = "dit-128"  # bundled name or folder of a diffusion model (kind "dit")
-    teacher_guidance: float | None = None  # the real score's guidance; None: the teacher's default
+    teacher: str = "dit-128"  # a diffusion model (kind "dit")
     method: Literal["dmd2", "dmd"] = "dmd2"  # dmd: + DMD1's regression loss (one step only)
     student_steps: int = 1
     fake_updates: int = 5  # fake-denoiser updates per generator update (DMD2's two time scales)
+    fake_lr: float = 2e-5
     gan: bool = True
     gan_weight: float = 3e-3  # generator's GAN loss weight (the reference's)
     disc_weight: float = 1e-2  # discriminator loss weight, added to the fake denoiser's loss
     regression_weight: float = 0.25  # method "dmd"
     regression_pairs: int = 64
     regression_batch: int = 4
-    data: tuple[str, ...] = ("data/emoji", "shapes:0")  # whose captions are the prompts
-    shapes_train: int = 6000  # as the teacher's training config, so its token cache is reused
-    shapes_val: int = 100
-    cache_dir: str = "data/cache"
-    batch_size: int = 8
-    steps: int = 300  # generator updates
-    lr: float = 2e-5
-    fake_lr: float = 2e-5
-    warmup_steps: int = 10
-    min_lr_ratio: float = 1.0  # constant after warm-up, as the reference
-    grad_clip: float = 1.0
-    ema_decay: float = 0.99
-    log_every: int = 10
-    eval_every: int = 50
-    save_every: int = 25
-    keep_checkpoints: int = 2
-    sample_prompts: tuple[str, ...] = SAMPLE_PROMPTS
-    seed: int = 0
 
     def validate(self) -> None:
-        for name in ("batch_size", "steps", "fake_updates", "log_every", "eval_every", "save_every",
-                     "keep_checkpoints", "shapes_train", "shapes_val", "regression_pairs",
-                     "regression_batch"):
+        super().validate()
+        for name in ("fake_updates", "regression_pairs", "regression_batch"):
             check_range(name, getattr(self, name), 1)
-        for name in ("lr", "fake_lr", "gan_weight", "disc_weight", "regression_weight"):
+        for name in ("fake_lr", "gan_weight", "disc_weight", "regression_weight"):
             check_range(name, getattr(self, name), 0.0)
-        check_range("ema_decay", self.ema_decay, 0.0, 1.0)
-        check_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         if self.student_steps not in STUDENT_STEPS:
             raise ConfigError(f"student_steps is {self.student_steps!r}; accepted: "
                               f"{', '.join(map(str, STUDENT_STEPS))}")
         if self.method == "dmd" and self.student_steps != 1:
             raise ConfigError("method 'dmd' (regression on teacher ODE pairs) trains one-step students; "
                               f"student_steps is {self.student_steps}: use method 'dmd2'")
-        if self.teacher_guidance is not None:
-            check_range("teacher_guidance", self.teacher_guidance, 0.0)
-
-
-def load_teacher(name: str) -> Pipeline:
-    pipe = Pipeline.from_pretrained(name)
-    if not isinstance(pipe.transformer, DiT) or pipe.defaults.sampler != "ode":
-        what = pipe.defaults.sampler if isinstance(pipe.transformer, DiT) else type(pipe.transformer).__name__
-        raise ConfigError(f"teacher {name!r} is a {what} model; accepted: a diffusion model sampled by its "
-                          "ODE (kind 'dit', e.g. dit-128)")
-    return pipe
 
 
 def student_defaults(cfg: DMDConfig) -> SamplerDefaults:
@@ -131,23 +106,13 @@ def regression_set(teacher: Pipeline, cfg: DMDConfig, prompts: list[str], path: 
     return pairs
 
 
-def teacher_guidance(cfg: DMDConfig, teacher: Pipeline) -> float:
-    return teacher.defaults.guidance if cfg.teacher_guidance is None else cfg.teacher_guidance
 
 
 def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: int | None = None) -> Path:
     """Run into folder `out`; returns the student model folder (out/student)."""
-    from ..train.distributed import make_accelerator
-
     out = Path(out)
-    ckpt = checkpoint_to_resume(out, resume, make_accelerator("no", 1))
-    if ckpt is not None:  # the networks and objective must be the run's own
-        saved = DMDConfig.load(ckpt / "config.json")
-        for name in ("teacher", "method", "student_steps", "gan"):
-            if getattr(saved, name) != getattr(cfg, name):
-                raise ConfigError(f"--resume: {name} is {getattr(cfg, name)!r}, the run in {out} was started "
-                                  f"with {getattr(saved, name)!r}")
-    teacher = load_teacher(cfg.teacher)
+    ckpt = resume_checkpoint(out, resume, cfg, ("teacher", "method", "student_steps", "gan"))
+    teacher = load_diffusion_teacher(cfg.teacher)
     tm = teacher.transformer.requires_grad_(False)
     s = tm.config.sigma_d
     data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
@@ -202,9 +167,7 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
                desc=f"{cfg.method} x{cfg.student_steps}")
     for step in bar:
         gen = step_generator(cfg.seed, step, 0)
-        for opt, base in ((opt_g, cfg.lr), (opt_f, cfg.fake_lr)):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg.replace(lr=base))
+        set_lrs(step, cfg, {opt_g: cfg.lr, opt_f: cfg.fake_lr})
         text = data.captions.lookup(rows[torch.randint(len(rows), (cfg.batch_size,), generator=gen)])
         with torch.no_grad():
             real_v = tm.guided(tm.prepare_text(text), uncond_one.repeat(cfg.batch_size), g)
@@ -271,15 +234,10 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
 
 
 def save_student(run: Path, cfg: DMDConfig, student: DiT, teacher: Pipeline) -> Path:
-    """run/student: the model folder, with the run's config, metrics and last sample grid."""
-    pipe = Pipeline(student, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg))
     card = (f"# {cfg.student_steps}-step {cfg.method.upper()} student of {cfg.teacher}\n\n"
             f"![samples](grid.png)\n\n`fastmuse distill dmd`: {cfg.steps} generator updates, batch "
             f"{cfg.batch_size}, {cfg.fake_updates} fake-denoiser updates each, GAN "
             f"{'on' if cfg.gan else 'off'}, real-score guidance {teacher_guidance(cfg, teacher)}; "
             f"`config.dmd.json` is the run's config, `metrics.jsonl` its log. {cfg.student_steps} network "
             f"evaluation(s) per image, no guidance pass (it is distilled in).\n")
-    files = {"metrics.jsonl": (run / "metrics.jsonl").read_bytes(),
-             "config.dmd.json": (run / "config.json").read_bytes(),
-             "grid.png": (run / "samples" / f"step-{cfg.steps:06d}.png").read_bytes()}
-    return pipe.save_pretrained(run / "student", card, files)
+    return save_run_student(run, cfg, student, teacher, student_defaults(cfg), card, "config.dmd.json")

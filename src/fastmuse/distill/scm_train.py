@@ -1,0 +1,171 @@
+"""`fastmuse distill scm`: the sCM training run (the method is in scm.py).
+
+The student starts as a copy of the teacher (a DiT in TrigFlow form) and learns the
+consistency function f(x_t, t) = cos(t) x_t - sin(t) v(x_t, t) from data pairs: the latents
+of the teacher's own training data (its token cache) with their main captions, noised at sCM's
+times. `mode` "scd" takes the ODE tangent from the teacher's guided velocity (distillation),
+"sct" from the pair itself (consistency training, here fine-tuned from the teacher as ECT does,
+not from scratch: CPU budget). Training does not depend on the number of sampling steps; the
+student folder samples in `student_steps` (1 or 2, times pi/2 and 1.1).
+
+Every step logs its loss, the unweighted consistency MSE, the tangent norms, the gradient norm
+before clipping and whether it was skipped: a non-finite loss skips the update, and
+`max_bad_steps` of them in a row stop the run. Every random draw of step s comes from a
+generator seeded by (seed, s), so `--resume` continues exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm import tqdm
+
+from ..config import check_range
+from ..data.images import make_grid
+from ..data.tokens import build_token_data
+from ..errors import ConfigError
+from ..models import DiT
+from ..models.dit import token_latents
+from ..pipeline import Pipeline, SamplerDefaults
+from ..sampling.trigflow import add_noise, sample_time, velocity_target
+from ..train.log import JsonlLogger
+from ..train.masked import step_generator, update_ema
+from ..train.state import load_training, prune_checkpoints, save_training
+from .common import (
+    DistillConfig,
+    load_diffusion_teacher,
+    resume_checkpoint,
+    save_run_student,
+    set_lrs,
+    teacher_guidance,
+)
+from .scm import AdaptiveWeight, SCMSettings, check_finite, consistency_times, scm_loss
+
+
+@dataclass
+class SCMConfig(DistillConfig):
+    kind = "distill_scm"
+    teacher: str = "dit-128"  # a diffusion model (kind "dit"): the student's start, sCD's tangent
+    mode: Literal["scd", "sct"] = "scd"
+    student_steps: int = 2  # the student folder's default sampling steps (1 or 2)
+    lr: float = 1e-5
+    weight_lr: float = 2e-2  # the adaptive weight's (it has to travel to about -log(loss))
+    tangent_norm: float = 0.1  # c in g / (||g|| + c); 0: off
+    tangent_warmup: int = 100  # steps over which the tangent's second term ramps in; 0: off
+    adaptive_weight: bool = True
+    p_mean: float = -1.0
+    p_std: float = 1.4
+    max_bad_steps: int = 5  # non-finite losses in a row before the run stops
+    log_every: int = 5
+
+    def validate(self) -> None:
+        super().validate()
+        if self.student_steps not in (1, 2):
+            raise ConfigError(f"student_steps is {self.student_steps!r}; accepted: 1, 2")
+        for name in ("tangent_norm", "tangent_warmup", "weight_lr"):
+            check_range(name, getattr(self, name), 0.0)
+        check_range("p_std", self.p_std, 1e-3)
+        check_range("max_bad_steps", self.max_bad_steps, 1)
+
+    def settings(self) -> SCMSettings:
+        return SCMSettings(self.tangent_norm, self.tangent_warmup, self.adaptive_weight, self.p_mean,
+                           self.p_std)
+
+
+def student_defaults(cfg: SCMConfig) -> SamplerDefaults:
+    return SamplerDefaults(sampler="few_step", steps=cfg.student_steps, guidance=0.0,
+                           times=consistency_times(2))
+
+
+def distill_scm(cfg: SCMConfig, out: str | Path, resume: bool = False, stop_at: int | None = None) -> Path:
+    """Run into folder `out`; returns the student model folder (out/student)."""
+    out = Path(out)
+    ckpt = resume_checkpoint(out, resume, cfg, ("teacher", "mode", "adaptive_weight"))
+    teacher = load_diffusion_teacher(cfg.teacher)
+    tm = teacher.transformer.requires_grad_(False)
+    s = tm.config.sigma_d
+    data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
+                            cfg.cache_dir, cfg.shapes_train, cfg.shapes_val, tokenizer_id=tm.config.tokenizer)
+    main_caption = data.train.cap_rows[data.train.cap_offsets[:-1]]  # sample i's first caption
+    g = teacher_guidance(cfg, teacher)
+    settings = cfg.settings()
+
+    torch.manual_seed(cfg.seed)
+    student = copy.deepcopy(tm).train().requires_grad_(True)
+    weight = AdaptiveWeight()
+    ema = copy.deepcopy(tm).eval()
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt_w = torch.optim.Adam(weight.parameters(), lr=cfg.weight_lr)
+    modules = {"student": student, "weight": weight, "ema": ema}
+    optimizers = {"student": opt, "weight": opt_w}
+    start = load_training(ckpt, modules, optimizers, {})["step"] if ckpt is not None else 0
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.json")
+    logger = JsonlLogger(out / "metrics.jsonl", resume_step=start if resume else None)
+    student_pipe = Pipeline(ema, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg))
+    probe = list(cfg.sample_prompts)
+    if start == 0:
+        make_grid(teacher(probe, seed=0), ncols=min(len(probe), 8), captions=probe).save(
+            out / "samples" / "teacher.png")
+    uncond = teacher.uncond().repeat(cfg.batch_size)
+
+    bad = 0
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.mode}")
+    for step in bar:
+        gen = step_generator(cfg.seed, step, 0)
+        set_lrs(step, cfg, {opt: cfg.lr, opt_w: cfg.weight_lr})
+        pick = torch.randint(len(data.train), (cfg.batch_size,), generator=gen)
+        text = data.captions.lookup(main_caption[pick])
+        x0 = token_latents(teacher.tokenizer, data.train.tokens[pick], tm.config.latent_scale)
+        z = s * torch.randn(x0.shape, generator=gen)
+        t = sample_time(len(x0), cfg.p_mean, cfg.p_std, s, generator=gen)
+        x_t = add_noise(x0, t, z)
+        if cfg.mode == "scd":
+            with torch.no_grad():
+                dxdt = tm.guided(tm.prepare_text(text), uncond, g)(x_t, t)
+        else:
+            dxdt = velocity_target(x0, t, z)
+        ctx = student.prepare_text(text)
+        loss, logs = scm_loss(lambda x, tt, c=ctx: student.velocity(x, tt, c), x_t, t, dxdt, step, settings,
+                              weight if cfg.adaptive_weight else None, s)
+        bad = check_finite(loss, bad, cfg.max_bad_steps)
+        opt.zero_grad(set_to_none=True)
+        opt_w.zero_grad(set_to_none=True)
+        if bad:  # skipped: no update, logged
+            logs.update(loss=float("nan"), grad_norm=float("nan"), skipped=1)
+        else:
+            loss.backward()
+            logs.update(loss=loss.item(), skipped=0, grad_norm=torch.nn.utils.clip_grad_norm_(
+                student.parameters(), cfg.grad_clip).item())
+            opt.step()
+            opt_w.step()
+        done = step + 1
+        update_ema(ema, student, cfg.ema_decay, done)
+        if done % cfg.log_every == 0 or done == cfg.steps or bad:
+            logger.log({"step": done, **logs})
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", grad=f"{logs['grad_norm']:.2f}")
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            make_grid(student_pipe(probe, seed=0), ncols=min(len(probe), 8), captions=probe).save(
+                out / "samples" / f"step-{done:06d}.png")
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            save_training(out / "checkpoints" / f"step-{done:06d}", cfg, modules, optimizers, {}, done)
+            prune_checkpoints(out, cfg.keep_checkpoints)
+        if stop_at is not None and done >= stop_at:
+            return out
+    return save_student(out, cfg, ema, teacher)
+
+
+def save_student(run: Path, cfg: SCMConfig, student: DiT, teacher: Pipeline) -> Path:
+    how = "the teacher's guided ODE tangent (sCD)" if cfg.mode == "scd" else "data-pair tangents (sCT)"
+    card = (f"# {cfg.student_steps}-step sCM student of {cfg.teacher}\n\n![samples](grid.png)\n\n"
+            f"`fastmuse distill scm --mode {cfg.mode}`: {cfg.steps} updates, batch {cfg.batch_size}, "
+            f"{how}, teacher guidance {teacher_guidance(cfg, teacher)}; tangent normalisation "
+            f"c = {cfg.tangent_norm}, tangent warm-up {cfg.tangent_warmup} steps, adaptive weighting "
+            f"{'on' if cfg.adaptive_weight else 'off'}. `config.scm.json` is the run's config, "
+            f"`metrics.jsonl` its log. Samples at times {consistency_times(2)}: 1 or 2 network "
+            "evaluations per image, no guidance pass.\n")
+    return save_run_student(run, cfg, student, teacher, student_defaults(cfg), card, "config.scm.json")

@@ -1,0 +1,83 @@
+"""The sCM run on the tiny latent diffusion teacher: exact resume, the metrics that make
+instability visible, the non-finite guard, a student folder that samples in 1 or 2 steps,
+errors."""
+
+import json
+
+import pytest
+import torch
+
+from fastmuse.cli import main
+from fastmuse.distill import scm_train
+from fastmuse.distill.scm import MID_TIME
+from fastmuse.distill.scm_train import SCMConfig, distill_scm
+from fastmuse.errors import ConfigError, FastMuseError
+from fastmuse.hub import load_checkpoint
+from fastmuse.pipeline import Pipeline
+from helpers import tiny_pipeline
+from test_dmd_train import PROMPTS, parts, teacher  # noqa: F401 - the module's fixtures
+
+
+def scm_cfg(parts, teacher, **kw) -> SCMConfig:  # noqa: F811
+    base = dict(teacher=str(teacher), data=parts["data"], cache_dir=parts["cache_dir"], batch_size=2, steps=4,
+                lr=1e-3, warmup_steps=1, tangent_warmup=2, log_every=1, eval_every=2, save_every=2,
+                sample_prompts=PROMPTS)
+    return SCMConfig(**{**base, **kw})
+
+
+def test_scd_run_resumes_exactly_and_the_student_samples_in_one_or_two_steps(parts, teacher, tmp_path):  # noqa: F811
+    cfg = scm_cfg(parts, teacher)
+    student_dir = distill_scm(cfg, tmp_path / "a")
+    assert distill_scm(cfg, tmp_path / "b", stop_at=2) == tmp_path / "b"
+    distill_scm(cfg, tmp_path / "b", resume=True)
+    for name in ("student", "weight", "ema", "optimizer_student", "optimizer_weight"):
+        wa, wb = (load_checkpoint(tmp_path / f"{r}/checkpoints/step-000004").weights(name) for r in "ab")
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    logs = [json.loads(x) for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2, 3, 4]
+    assert {"loss", "loss_mse", "tangent_norm", "tangent_max", "grad_norm", "skipped"} <= set(logs[-1])
+    assert [r["ramp"] for r in logs] == [0.0, 0.5, 1.0, 1.0]  # the tangent warm-up
+    assert "sCD" in (student_dir / "README.md").read_text()
+
+    pipe = Pipeline.from_pretrained(student_dir)
+    assert pipe.defaults.sampler == "few_step" and pipe.defaults.steps == 2
+    assert pipe.defaults.times[1] == MID_TIME and pipe.network_evaluations(2, 0.0) == 2
+    two = pipe.generate_tokens("a red square", seed=0)
+    one = pipe.generate_tokens("a red square", seed=0, steps=1)
+    assert two.shape == one.shape and not torch.allclose(two, one)
+    assert pipe("a red square", steps=1)[0].size == (32, 32)
+    with pytest.raises(ConfigError, match="2-step student takes 1, 2"):
+        pipe("a red square", steps=3)
+
+
+def test_sct_cli_guard_and_bad_input(parts, teacher, tmp_path, capsys, monkeypatch):  # noqa: F811
+    cfg = tmp_path / "c.json"
+    scm_cfg(parts, teacher, steps=2, adaptive_weight=False).save(cfg)
+    assert main(["distill", "scm", "--config", str(cfg), "--mode", "sct", "--student-steps", "1",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert Pipeline.from_pretrained(tmp_path / "run/student").defaults.steps == 1
+    assert "sCT" in (tmp_path / "run/student/README.md").read_text()
+    assert main(["distill", "scm", "--config", str(cfg), "--out", str(tmp_path / "run"), "--resume",
+                 "--mode", "scd"]) == 1
+    assert "mode is 'scd', the run" in capsys.readouterr().err
+    masked = tiny_pipeline(tmp_path / "masked")
+    assert main(["distill", "scm", "--config", str(cfg), "--teacher", str(masked),
+                 "--out", str(tmp_path / "x")]) == 1
+    assert "diffusion model" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="student_steps"):
+        SCMConfig(student_steps=4)
+
+    # non-finite losses: skipped and logged, and the run stops after max_bad_steps in a row
+    real = scm_train.scm_loss
+    calls = []
+
+    def flaky(*args, **kw):
+        loss, logs = real(*args, **kw)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) >= 2 else loss), logs
+
+    monkeypatch.setattr(scm_train, "scm_loss", flaky)
+    with pytest.raises(FastMuseError, match="NaN/Inf 2 steps in a row"):
+        distill_scm(scm_cfg(parts, teacher, max_bad_steps=2, log_every=10), tmp_path / "nan")
+    logs = [json.loads(x) for x in (tmp_path / "nan/metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in logs] == [1] and logs[0]["step"] == 2
