@@ -48,6 +48,10 @@ def test_scd_run_resumes_exactly_and_the_student_samples_in_one_or_two_steps(par
     assert pipe("a red square", steps=1)[0].size == (32, 32)
     with pytest.raises(ConfigError, match="2-step student takes 1, 2"):
         pipe("a red square", steps=3)
+    assert main(["eval", "--model", str(student_dir), "--suite", "speed", "--steps", "12",
+                 "--student-steps", "1,2,4", "--out", str(tmp_path / "eval")]) == 0
+    rows = (tmp_path / "eval/results.md").read_text().splitlines()[2:]
+    assert [r.rstrip(" |").rsplit("| ", 1)[1] for r in rows] == ["1", "2"]  # network evaluations
 
 
 def test_sct_cli_guard_and_bad_input(parts, teacher, tmp_path, capsys, monkeypatch):  # noqa: F811

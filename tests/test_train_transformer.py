@@ -185,13 +185,13 @@ def test_architecture_that_does_not_fit_the_encoder(parts, tmp_path):
 def test_shipped_configs_load(path):
     from fastmuse.distill.dimo_train import DiMOConfig
     from fastmuse.distill.dmd_train import DMDConfig
+    from fastmuse.distill.scm_train import SCMConfig
 
     kind = json.loads(path.read_text())["kind"]
-    if kind == DiMOConfig.kind:
-        assert DiMOConfig.load(path).teacher == "muse-128"
-        return
-    if kind == DMDConfig.kind:
-        assert DMDConfig.load(path).teacher == "dit-128"
-        return
+    teachers = {DiMOConfig: "muse-128", DMDConfig: "dit-128", SCMConfig: "dit-128"}
+    for config, teacher in teachers.items():
+        if kind == config.kind:
+            assert config.load(path).teacher == teacher
+            return
     cfg = TransformerTrainConfig.load(path)
     assert cfg.model.resolution == 128 and cfg.text_encoder == cfg.model.text_encoder == "minilm"

@@ -65,6 +65,11 @@ class SamplerDefaults:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler is {self.sampler!r}; accepted: {', '.join(SAMPLERS)}")
 
+    def student_steps(self) -> list[int]:
+        """The step counts a few-step student runs: divisors of a DMD student's, any prefix of a
+        consistency student's times."""
+        return [k for k in range(1, self.steps + 1) if self.times or self.steps % k == 0]
+
     @staticmethod
     def load(folder: Path) -> SamplerDefaults:
         path = folder / SAMPLER_FILE
@@ -209,7 +214,7 @@ class Pipeline(EditingMixin):
             steps = tokens
         elif isinstance(m, DiT) and d.sampler == "few_step":
             opts = {}
-            accepted = [k for k in range(1, d.steps + 1) if d.times or d.steps % k == 0]
+            accepted = d.student_steps()
             steps = d.steps if steps is None else steps
             if steps not in accepted:
                 raise ConfigError(f"steps is {steps!r}; this {d.steps}-step student takes "

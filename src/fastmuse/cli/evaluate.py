@@ -29,12 +29,18 @@ def cmd_eval(a: argparse.Namespace) -> None:
     results = []
     for model in a.model:
         # autoregressive models take one step per token, distilled students the steps they were
-        # trained for: one row each, whatever --steps says
-        fixed = transformer_kind(model) == ARTransformerConfig.kind or \
-            SamplerDefaults.load(resolve(model)).sampler in ("one_step", "few_step")
-        for steps in [None] if fixed else a.steps or [None]:
+        # trained for (few-step ones also those of --student-steps they run): --steps is the teacher's
+        defaults = SamplerDefaults.load(resolve(model))
+        if defaults.sampler == "few_step":
+            rows = [k for k in a.student_steps or [] if k in defaults.student_steps()] or [None]
+        elif transformer_kind(model) == ARTransformerConfig.kind or defaults.sampler == "one_step":
+            rows = [None]
+        else:
+            rows = a.steps or [None]
+        for steps in rows:
             s = EvalSettings(seeds=a.seeds, steps=steps, guidance=a.guidance)
-            label = f"{Path(model).name}-{steps or 'default'}steps"
+            # the whole path: students of different runs are all called "student"
+            label = f"{str(model).strip('/').replace('/', '_')}-{steps or 'default'}steps"
             results.append(evaluate(model, a.suite, Path(a.out) / label, s))
     md = table(results)
     atomic_write_bytes(Path(a.out) / "results.md", md.encode())
@@ -71,8 +77,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", nargs="+", default=list(SUITES),
                    help=f"any of {', '.join(SUITES)} (default: all)")
     p.add_argument("--steps", type=_steps_list, default=None,
-                   help="e.g. 12,6: one row each for masked models (default: the model's; "
+                   help="e.g. 12,6: one row each for masked and diffusion teachers (default: the model's; "
                         "autoregressive models always take one step per token, one-step models 1)")
+    p.add_argument("--student-steps", type=_steps_list, default=None,
+                   help="e.g. 1,2: rows for few-step (DMD, sCM) students at these of the step counts each "
+                        "one runs (default: each student's own)")
     p.add_argument("--guidance", type=float, default=None, help="default: the model's")
     p.add_argument("--seeds", type=positive("--seeds"), default=4, help="images per prompt (default 4)")
     p.add_argument("--out", default="outputs/eval", help="results folder (default outputs/eval)")

@@ -1,6 +1,6 @@
 """`fastmuse distill dmd`: the DMD / DMD2 training run (the method is in dmd.py).
 
-The student G starts as a copy of the teacher (a pixel DiT in TrigFlow form) and maps noise
+The student G starts as a copy of the teacher (a latent DiT in TrigFlow form) and maps noise
 to an image in `student_steps` denoising steps at fixed times (sampling/trigflow.py
 `student_times`); a multi-step G trains by backward simulation: a random step i, its input
 made by G's own first i steps without gradient. Per generator update the fake denoiser (a
@@ -104,8 +104,6 @@ def regression_set(teacher: Pipeline, cfg: DMDConfig, prompts: list[str], path: 
     pairs = {"z": z, "x0": torch.cat(outs)}
     atomic_write_bytes(path, save(pairs))
     return pairs
-
-
 
 
 def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: int | None = None) -> Path:
