@@ -59,7 +59,8 @@ def test_sct_cli_guard_and_bad_input(parts, teacher, tmp_path, capsys, monkeypat
     scm_cfg(parts, teacher, steps=2, adaptive_weight=False).save(cfg)
     assert main(["distill", "scm", "--config", str(cfg), "--mode", "sct", "--student-steps", "1",
                  "--out", str(tmp_path / "run")]) == 0
-    assert Pipeline.from_pretrained(tmp_path / "run/student").defaults.steps == 1
+    one_step = Pipeline.from_pretrained(tmp_path / "run/student")
+    assert one_step.defaults.steps == 1 and one_step.defaults.student_steps() == [1, 2]
     assert "sCT" in (tmp_path / "run/student/README.md").read_text()
     assert main(["distill", "scm", "--config", str(cfg), "--out", str(tmp_path / "run"), "--resume",
                  "--mode", "scd"]) == 1

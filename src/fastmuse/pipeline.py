@@ -68,7 +68,9 @@ class SamplerDefaults:
     def student_steps(self) -> list[int]:
         """The step counts a few-step student runs: divisors of a DMD student's, any prefix of a
         consistency student's times."""
-        return [k for k in range(1, self.steps + 1) if self.times or self.steps % k == 0]
+        if self.times:
+            return list(range(1, len(self.times) + 1))
+        return [k for k in range(1, self.steps + 1) if self.steps % k == 0]
 
     @staticmethod
     def load(folder: Path) -> SamplerDefaults:
