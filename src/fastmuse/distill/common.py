@@ -12,9 +12,10 @@ from ..config import Config, check_range
 from ..errors import ConfigError
 from ..models import DiT
 from ..pipeline import Pipeline, SamplerDefaults
+from ..train.log import JsonlLogger
 from ..train.masked import SAMPLE_PROMPTS
 from ..train.schedule import lr_at
-from ..train.state import checkpoint_to_resume
+from ..train.state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
 
 
 @dataclass
@@ -63,6 +64,29 @@ def resume_checkpoint(out: Path, resume: bool, cfg: DistillConfig, fixed: tuple[
                 raise ConfigError(f"--resume: {name} is {getattr(cfg, name)!r}, the run in {out} was started "
                                   f"with {getattr(saved, name)!r}")
     return ckpt
+
+
+def open_run(out: Path, cfg: DistillConfig, ckpt: Path | None, modules: dict, optimizers: dict,
+             resume: bool) -> tuple[int, JsonlLogger]:
+    """The step to start from (the checkpoint loaded into `modules` and `optimizers`), with the
+    run folder's config.json written, samples/ made and metrics.jsonl opened (trimmed to it)."""
+    start = load_training(ckpt, modules, optimizers, {})["step"] if ckpt is not None else 0
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.json")
+    return start, JsonlLogger(out / "metrics.jsonl", resume_step=start if resume else None)
+
+
+def due(done: int, every: int, cfg: DistillConfig) -> bool:
+    """Whether a periodic action (log, grid, checkpoint) runs after update `done`: every
+    `every` updates, and after the last."""
+    return done % every == 0 or done == cfg.steps
+
+
+def save_checkpoint(out: Path, cfg: DistillConfig, modules: dict, optimizers: dict, done: int) -> None:
+    """checkpoints/step-N when due, keeping the newest `keep_checkpoints`."""
+    if due(done, cfg.save_every, cfg):
+        save_training(out / "checkpoints" / f"step-{done:06d}", cfg, modules, optimizers, {}, done)
+        prune_checkpoints(out, cfg.keep_checkpoints)
 
 
 def set_lrs(step: int, cfg: DistillConfig, optimizers: dict[torch.optim.Optimizer, float]) -> None:

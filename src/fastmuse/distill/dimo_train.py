@@ -26,10 +26,16 @@ from ..hub import resolve
 from ..models import ARTransformer
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.maskgit import guidance_context, guided_logits, token_logprob
-from ..train.log import JsonlLogger
 from ..train.masked import random_mask, step_generator, update_ema
-from ..train.state import load_training, prune_checkpoints, save_training
-from .common import DistillConfig, resume_checkpoint, set_lrs, teacher_guidance
+from .common import (
+    DistillConfig,
+    due,
+    open_run,
+    resume_checkpoint,
+    save_checkpoint,
+    set_lrs,
+    teacher_guidance,
+)
 from .dimo import DiMOSettings, aux_loss, generator_loss
 
 
@@ -126,10 +132,7 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
     opt_a = torch.optim.Adam(aux.parameters(), lr=cfg.aux_lr)
     modules = {"student": student, "aux": aux, "ema": ema}
     optimizers = {"student": opt_s, "aux": opt_a}
-    start = load_training(ckpt, modules, optimizers, {})["step"] if ckpt is not None else 0
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.json")
-    logger = JsonlLogger(out / "metrics.jsonl", resume_step=start if resume else None)
+    start, logger = open_run(out, cfg, ckpt, modules, optimizers, resume)
     student_pipe = Pipeline(ema, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg))
     probe = list(cfg.sample_prompts)
     if start == 0:  # reference points: the teacher's own samples, and the untrained student's
@@ -174,17 +177,15 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
         opt_s.step()
         done = step + 1
         update_ema(ema, student, cfg.ema_decay, done)
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        if due(done, cfg.log_every, cfg):
             logger.log({"step": done, **logs_a, **logs})
             bar.set_postfix(tv=f"{logs['tv_aux_teacher']:.3f}", aux=f"{logs_a['loss_aux']:.3f}")
-        if done % cfg.eval_every == 0 or done == cfg.steps:
+        if due(done, cfg.eval_every, cfg):
             tokens = student_pipe.generate_tokens(probe, seed=0)
             logger.log({"step": done, "student_samples_logprob": teacher_logprob(teacher, tokens, probe, g)})
             make_grid(student_pipe.decode(tokens), ncols=min(len(probe), 8), captions=probe).save(
                 out / "samples" / f"step-{done:06d}.png")
-        if done % cfg.save_every == 0 or done == cfg.steps:
-            save_training(out / "checkpoints" / f"step-{done:06d}", cfg, modules, optimizers, {}, done)
-            prune_checkpoints(out, cfg.keep_checkpoints)
+        save_checkpoint(out, cfg, modules, optimizers, done)
         if stop_at is not None and done >= stop_at:
             return out
     return save_student(out / "student", cfg, ema, teacher, out / "metrics.jsonl")

@@ -36,13 +36,14 @@ from ..models import DiT
 from ..models.dit import token_latents
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.trigflow import denoise, few_step_sample, ode_sample, student_times
-from ..train.log import JsonlLogger
 from ..train.masked import step_generator, update_ema
-from ..train.state import load_training, prune_checkpoints, save_training
 from .common import (
     DistillConfig,
+    due,
     load_diffusion_teacher,
+    open_run,
     resume_checkpoint,
+    save_checkpoint,
     save_run_student,
     set_lrs,
     teacher_guidance,
@@ -129,10 +130,7 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
     opt_f = torch.optim.AdamW([*fake.parameters(), *head.parameters()], lr=cfg.fake_lr, weight_decay=0.01)
     modules = {"student": student, "fake": fake, "head": head, "ema": ema}
     optimizers = {"student": opt_g, "fake": opt_f}
-    start = load_training(ckpt, modules, optimizers, {})["step"] if ckpt is not None else 0
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.json")
-    logger = JsonlLogger(out / "metrics.jsonl", resume_step=start if resume else None)
+    start, logger = open_run(out, cfg, ckpt, modules, optimizers, resume)
     student_pipe = Pipeline(ema, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg))
     probe = list(cfg.sample_prompts)
     if start == 0:
@@ -217,15 +215,13 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
         opt_g.step()
         done = step + 1
         update_ema(ema, student, cfg.ema_decay, done)
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        if due(done, cfg.log_every, cfg):
             logger.log({"step": done, **logs})
             bar.set_postfix(fake=f"{logs['loss_fake']:.4f}", dm=f"{logs['dm_grad_norm']:.2f}")
-        if done % cfg.eval_every == 0 or done == cfg.steps:
+        if due(done, cfg.eval_every, cfg):
             make_grid(student_pipe(probe, seed=0), ncols=min(len(probe), 8), captions=probe).save(
                 out / "samples" / f"step-{done:06d}.png")
-        if done % cfg.save_every == 0 or done == cfg.steps:
-            save_training(out / "checkpoints" / f"step-{done:06d}", cfg, modules, optimizers, {}, done)
-            prune_checkpoints(out, cfg.keep_checkpoints)
+        save_checkpoint(out, cfg, modules, optimizers, done)
         if stop_at is not None and done >= stop_at:
             return out
     return save_student(out, cfg, ema, teacher)
