@@ -41,6 +41,7 @@ from PIL import Image, ImageFilter
 
 from .data.images import load_rgb, to_rgb, to_tensor
 from .errors import ConfigError
+from .fast import inference
 from .models import DiT
 from .sampling.maskgit import guidance_context, token_logprob
 from .sampling.windows import windows
@@ -155,7 +156,7 @@ class EditingMixin:
     """Pipeline's editing methods. `sampler` keywords are the sampler options of generate
     (schedule, guidance_schedule, temperature, noise)."""
 
-    @torch.no_grad()
+    @inference
     def inpaint(self: Pipeline, image: ImageLike, prompt: str, mask: ImageLike | np.ndarray | None = None,
                 *, box: Sequence[int] | None = None, n: int = 1, dilate: int = 0, blend: bool = True,
                 steps: int | None = None, guidance: float | None = None, seed: int = 0,
@@ -170,7 +171,7 @@ class EditingMixin:
         return self._fill_masked(img, pixels, img.size, prompt, n, dilate, blend, steps, guidance,
                                  seed, sampler, "the mask is empty: nothing to inpaint")
 
-    @torch.no_grad()
+    @inference
     def outpaint(self: Pipeline, image: ImageLike, prompt: str, *, left: int = 0, right: int = 0,
                  top: int = 0, bottom: int = 0, n: int = 1, blend: bool = True, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, **sampler) -> EditResult:
@@ -189,7 +190,7 @@ class EditingMixin:
                                  guidance, seed, sampler, "left, right, top and bottom are all 0: "
                                  "nothing to outpaint")
 
-    @torch.no_grad()
+    @inference
     def edit(self: Pipeline, image: ImageLike, prompt: str, strength: float = 0.3, iterations: int = 4, *,
              n: int = 1, steps: int | None = None, guidance: float | None = None, seed: int = 0,
              **sampler) -> EditResult:
@@ -209,7 +210,7 @@ class EditingMixin:
             changed |= remask
         return EditResult(self._decode_to(x, img.size), x, source, changed, img)
 
-    @torch.no_grad()
+    @inference
     def img2img(self: Pipeline, image: ImageLike, prompt: str, strength: float = 0.6, *, n: int = 1,
                 steps: int | None = None, guidance: float | None = None, seed: int = 0,
                 **sampler) -> EditResult:
@@ -217,7 +218,7 @@ class EditingMixin:
         `prompt` with ceil(strength * steps) steps: 0 returns the source, 1 generates anew."""
         return self._resample(image, check_prompts(prompt), strength, n, steps, guidance, seed, sampler)
 
-    @torch.no_grad()
+    @inference
     def variations(self: Pipeline, image: ImageLike, n: int = 4, strength: float = 0.5,
                    prompt: str | None = None, *, steps: int | None = None, guidance: float | None = None,
                    seed: int = 0, **sampler) -> EditResult:

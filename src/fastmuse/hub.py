@@ -159,6 +159,12 @@ class PretrainedMixin:
     config_class: ClassVar[type[Config]]
     config: Config
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the model computes in: its first floating parameter's (an int8-quantized
+        Linear packs its weight outside `parameters()`; embeddings and norms stay float)."""
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())  # type: ignore[attr-defined]
+
     def save_pretrained(
         self, folder: str | os.PathLike, extra_files: Mapping[str, bytes] | None = None
     ) -> Path:

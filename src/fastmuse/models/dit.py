@@ -108,7 +108,7 @@ class DiT(PretrainedMixin, nn.Module):
         gh, gw = h // p, w // p
         patches = x.view(b, ch, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, ch * p * p)
         pos = (self.row_emb[:gh, None] + self.col_emb[None, :gw]).reshape(gh * gw, -1)
-        tokens = self.patch_in(patches.to(self.head.weight.dtype)) + pos
+        tokens = self.patch_in(patches.to(self.dtype)) + pos
         c = ctx.c + self.time(sinusoid(t, cfg.dim).to(ctx.c.dtype))
         for blk, kv in zip(self.blocks, ctx.kv, strict=True):
             tokens = blk(tokens, c, kv, ctx.mask)

@@ -420,7 +420,7 @@ class MMDiT(PretrainedMixin, nn.Module):
     def time_embedding(self, timestep: torch.Tensor) -> torch.Tensor:
         """timestep [B] (Meissonic's `timestep` argument) -> the timestep half of temb [B, D]."""
         emb = sinusoid(timestep.float() * TIMESTEP_SCALE, self.config.timestep_dim)
-        return self.time_text_embed.timestep_embedder(emb.to(self.project_to_hidden.weight.dtype))
+        return self.time_text_embed.timestep_embedder(emb.to(self.dtype))
 
     def image_rope(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         """[2, h*w, head_dim / 2] cos, sin of the grid the transformer sees (cached per size)."""
@@ -440,7 +440,7 @@ class MMDiT(PretrainedMixin, nn.Module):
             raise ConfigError(f"text embedding dims ({text.hidden.shape[-1]}, {text.pooled.shape[-1]}) "
                               f"do not match the model's (joint_attention_dim {cfg.text_dim}, "
                               f"pooled_projection_dim {cfg.pooled_dim})")
-        dtype, (b, n) = self.project_to_hidden.weight.dtype, text.hidden.shape[:2]
+        dtype, (b, n) = self.dtype, text.hidden.shape[:2]
         micro = torch.tensor(cfg.micro_conds) if micro_conds is None else torch.as_tensor(micro_conds)
         micro = micro.to(text.pooled.device).float().expand(b, cfg.n_micro_conds)
         pooled = torch.cat([text.pooled.float(), sinusoid(micro.flatten(), cfg.micro_cond_encode_dim)

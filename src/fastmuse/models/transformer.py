@@ -163,7 +163,7 @@ def text_context(model: nn.Module, text: TextEmbedding) -> TextContext:
         raise ConfigError(f"text embedding dims ({text.hidden.shape[-1]}, {text.pooled.shape[-1]}) "
                           f"do not match the model's (text_dim {cfg.text_dim}, pooled_dim "
                           f"{cfg.pooled_dim}); it was trained with the {cfg.text_encoder!r} encoder")
-    dtype = model.head.weight.dtype
+    dtype = model.dtype
     states = model.text_proj(text.hidden.to(dtype))
     return TextContext(model.cond(text.pooled.to(dtype)), [blk.text_kv(states) for blk in model.blocks],
                        text.mask[:, None, None, :].bool())

@@ -351,7 +351,7 @@ class UViT(PretrainedMixin, nn.Module):
             raise ConfigError(f"text embedding dims ({text.hidden.shape[-1]}, {text.pooled.shape[-1]}) "
                               f"do not match the model's (encoder_hidden_size {cfg.text_dim}, "
                               f"cond_embed_dim {cfg.pooled_dim})")
-        dtype, b = self.project_to_hidden.weight.dtype, len(text)
+        dtype, b = self.dtype, len(text)
         micro = torch.tensor(cfg.micro_conds) if micro_conds is None else torch.as_tensor(micro_conds)
         micro = micro.to(text.pooled.device).float().expand(b, len(cfg.micro_conds))
         pooled = torch.cat([text.pooled.float(), sinusoid(micro.flatten(), cfg.micro_cond_encode_dim)

@@ -8,7 +8,9 @@ all. Tokens known at the start (editing) are never changed. Randomness comes onl
 `generator`, so the same seed gives the same tokens on CPU.
 
 Guidance follows l = l_cond + g * (l_cond - l_uncond): g = 0 is plain conditional sampling
-(and skips the unconditional half of the batch).
+(and skips the unconditional half of the batch). `guidance_interval` (lo, hi) guides only the
+steps i with lo <= i / steps < hi; the others run the conditional half alone, which halves
+their cost (the inference-speed lever of Kynkaenniemi et al. 2024's limited-interval guidance).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ GUIDANCE_SCHEDULES: dict[str, Callable[[float], float]] = {
 
 
 def check_sampler_args(steps: int, guidance: float, schedule: str, guidance_schedule: str,
-                       temperature: float, noise: float) -> None:
+                       temperature: float, noise: float, guidance_interval: tuple[float, float] = (0.0, 1.0)
+                       ) -> None:
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps is {steps!r}; accepted: an integer >= 1")
     if guidance < 0:
@@ -51,6 +54,21 @@ def check_sampler_args(steps: int, guidance: float, schedule: str, guidance_sche
         raise ConfigError(f"temperature is {temperature}; accepted: > 0")
     if noise < 0:
         raise ConfigError(f"noise is {noise}; accepted: >= 0")
+    check_guidance_interval(guidance_interval)
+
+
+def check_guidance_interval(interval: tuple[float, float]) -> tuple[float, float]:
+    if (not isinstance(interval, list | tuple) or len(interval) != 2
+            or not all(isinstance(v, int | float) for v in interval)
+            or not 0 <= interval[0] < interval[1] <= 1):
+        raise ConfigError(f"guidance_interval is {interval!r}; accepted: two numbers lo, hi with "
+                          "0 <= lo < hi <= 1 (the fraction of the steps that are guided)")
+    return float(interval[0]), float(interval[1])
+
+
+def guided_steps(steps: int, interval: tuple[float, float]) -> int:
+    """How many of `steps` steps `guidance_interval` guides."""
+    return sum(interval[0] <= i / steps < interval[1] for i in range(steps))
 
 
 # One random stream, or one per consecutive group of rows: (generator, rows). The server
@@ -111,6 +129,7 @@ def maskgit_sample(
     guidance_schedule: str = "constant",
     temperature: float = 1.0,
     noise: float = 4.5,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
     generator: Generators = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
@@ -119,8 +138,9 @@ def maskgit_sample(
     cond / uncond: text contexts of B rows (`model.prepare_text`), computed once.
     temperature: softmax temperature for the candidates; noise: Gumbel scale on the
     confidences at the first step, annealed linearly to 0 (MaskGIT's choice temperature).
+    guidance_interval: the fraction of the steps that are guided (see the module docstring).
     """
-    check_sampler_args(steps, guidance, schedule, guidance_schedule, temperature, noise)
+    check_sampler_args(steps, guidance, schedule, guidance_schedule, temperature, noise, guidance_interval)
     b = tokens.shape[0]
     if cond.c.shape[0] != b or (uncond is not None and uncond.c.shape[0] != b):
         raise ConfigError(f"text contexts must have one row per image ({b})")
@@ -136,8 +156,12 @@ def maskgit_sample(
         unknown = x == mask_id
         if not unknown.any():
             break
-        scale = guidance * GUIDANCE_SCHEDULES[guidance_schedule]((i + 1) / steps)
-        logits = guided_logits(model, x.view(shape), ctx, scale if guided else None) / temperature
+        if guided and guidance_interval[0] <= i / steps < guidance_interval[1]:
+            scale = guidance * GUIDANCE_SCHEDULES[guidance_schedule]((i + 1) / steps)
+            logits = guided_logits(model, x.view(shape), ctx, scale)
+        else:
+            logits = guided_logits(model, x.view(shape), cond, None)
+        logits = logits / temperature
         sampled = (logits + gumbel(logits.shape, generator, logits.device)).argmax(-1)
         logp = torch.log_softmax(logits, -1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
         sampled = torch.where(unknown, sampled, x)
