@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import FastMuseError
-from . import convert, data, distill, edit, evaluate, generate, serve, tokenizer, transformer
+from . import bench, convert, data, distill, edit, evaluate, generate, serve, tokenizer, transformer
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 3
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.register(sub)
     edit.register(sub)
     evaluate.register(sub)
+    bench.register(sub)
     serve.register(sub)
     convert.register(sub)
     return p

@@ -10,6 +10,7 @@ from .common import (
     add_sampler_args,
     bounded,
     check_outputs,
+    fast_options,
     positive,
     sampler_options,
     save_outputs,
@@ -35,7 +36,7 @@ def cmd_edit(a: argparse.Namespace) -> None:
 
     check_outputs(a)
     image = open_image(a.image, "--image")  # fail on a bad file before loading the model
-    pipe = Pipeline.from_pretrained(a.model)
+    pipe = Pipeline.from_pretrained(a.model, **fast_options(a))
     opts = sampler_options(a)
     t0 = time.perf_counter()
     if a.op == "inpaint":

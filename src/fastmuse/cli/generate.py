@@ -7,7 +7,14 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import add_output_args, add_sampler_args, check_outputs, sampler_options, save_outputs
+from .common import (
+    add_output_args,
+    add_sampler_args,
+    check_outputs,
+    fast_options,
+    sampler_options,
+    save_outputs,
+)
 
 
 def _read_prompts(a: argparse.Namespace) -> list[str]:
@@ -25,7 +32,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
 
     prompts = check_prompts(_read_prompts(a))
     check_outputs(a)
-    pipe = Pipeline.from_pretrained(a.model)
+    pipe = Pipeline.from_pretrained(a.model, **fast_options(a))
     t0 = time.perf_counter()
     images = pipe(prompts, **sampler_options(a))
     took = time.perf_counter() - t0

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import DEFAULT_MODEL, bounded, positive
+from .common import DEFAULT_MODEL, add_fast_args, bounded, fast_options, positive
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
@@ -27,7 +27,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
     settings = ServeSettings(model_name=a.name or Path(a.model).name, api_key=key,
                              max_batch_images=a.max_batch, batch_window_ms=a.batch_window_ms,
                              max_queue=a.max_queue, timeout_s=a.timeout, max_n=a.max_n)
-    app = create_app(Pipeline.from_pretrained(a.model), settings)
+    app = create_app(Pipeline.from_pretrained(a.model, **fast_options(a)), settings)
     print(f"fastmuse: serving {settings.model_name} on http://{a.host}:{a.port} "
           f"({'API key required' if key else 'no API key'}); web UI at /, API docs at /docs", flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level, timeout_graceful_shutdown=5)
@@ -58,4 +58,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-auth", action="store_true", help="allow a non-local --host without an API key")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="uvicorn's log level (default warning)")
+    add_fast_args(p)
     p.set_defaults(func=cmd_serve)

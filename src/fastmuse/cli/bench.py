@@ -1,0 +1,109 @@
+"""`fastmuse bench`: every fast mode side by side in one run (eval/speed.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import DEFAULT_MODEL, positive
+
+REFERENCES = ("amused-256",)
+
+
+def cmd_bench(a: argparse.Namespace) -> None:
+    from ..eval.machine import describe_machine
+    from ..eval.speed import (
+        MODES,
+        Row,
+        compare,
+        fastmuse_flops,
+        fastmuse_rows,
+        matmul_peak,
+        parts_table,
+        set_mfu,
+        table,
+    )
+    from ..fsutil import atomic_write_bytes
+    from ..pipeline import Pipeline
+
+    machine = describe_machine()
+    print(f"machine: {machine}", flush=True)
+    progress = lambda text: print(text, flush=True)  # noqa: E731
+    if a.reference:
+        from ..eval.speed_reference import PROMPT, amused_256, diffusers_rows, fastmuse_twin
+
+        progress("building aMUSEd-256 with random weights in diffusers and fastmuse ...")
+        ref = amused_256()
+        steps, guidance = a.steps or 12, 10.0 if a.guidance is None else a.guidance  # diffusers' scale
+        base = fastmuse_twin(ref, steps, guidance)
+        prompt, n, guidance = PROMPT, 1, guidance - 1
+    else:
+        base = Pipeline.from_pretrained(a.model)
+        prompt, n = a.prompt, a.n
+        steps = a.steps or base.defaults.steps
+        guidance = base.defaults.guidance if a.guidance is None else a.guidance
+    cfg = base.transformer.config
+    width = getattr(cfg, "hidden_size", getattr(cfg, "dim", 0))
+    rows_in_batch = (2 if guidance > 0 else 1) * n * cfg.grid ** 2
+    used = {MODES[m].precision for m in a.modes} | set(a.peers if a.reference else []) | {"fp32"}
+    peaks = {p: matmul_peak(p, rows_in_batch, width, base.device) for p in sorted(used)}
+    progress("matmul peak at the MLP shape, GFLOP/s: " + ", ".join(f"{p} {v:.0f}" for p, v in peaks.items()))
+
+    ours = fastmuse_rows(base, a.modes, prompt, n, steps, guidance, a.repeats, progress)
+    rows: list[Row] = []
+    if a.reference and a.peers:
+        flops = fastmuse_flops(base, prompt, n, steps, guidance, 0)
+        peers = diffusers_rows(ref, a.peers, steps, guidance + 1, a.repeats, flops, progress)
+        compare(peers, peers[0])
+        rows += peers
+    compare(ours, ours[0])
+    rows += ours
+    set_mfu(rows, peaks)
+    as_dicts = [r.as_dict(steps) for r in rows]
+    what = a.reference or a.model
+    header = (f"{what}: {n} image(s) of {cfg.grid * base.tokenizer.downsample} px, {steps} steps, guidance "
+              f"{guidance:g} (ours; diffusers' is 1 more), {machine}. "
+              f"Quality: each row against the first row of the same code, same seed.")
+    md = (f"{header}\n\n{table(as_dicts, rows[0].name)}\nWhere the time goes (the best call of each row):\n\n"
+          f"{parts_table(as_dicts)}")
+    print("\n" + md, end="")
+    if a.json:
+        result = {"model": what, "machine": machine, "steps": steps, "guidance": guidance, "images": n,
+                  "prompt": prompt, "matmul_peak_gflops": peaks, "rows": as_dicts}
+        atomic_write_bytes(Path(a.json), (json.dumps(result, indent=2) + "\n").encode())
+        print(f"wrote {a.json}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..eval.speed import DEFAULT_MODES, MODES
+
+    p = sub.add_parser("bench", help="inference speed of every fast mode, side by side",
+                       description="Time text-to-image in each fast mode on the same weights, prompt, steps "
+                                   "and guidance, in one run: seconds per image, images/s, where the time "
+                                   "goes (text encoder, transformer per step, sampler, VQ decode), MFU "
+                                   "against the matmul peak of each precision measured in the same run, "
+                                   "peak working memory, and the quality cost (token agreement and image "
+                                   "PSNR against the fp32 row, same seed). --reference amused-256 runs the "
+                                   "public aMUSEd-256 architecture with random weights and adds diffusers' "
+                                   "AmusedPipeline (fp32 and bf16 autocast) as peers.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled name or folder (default {DEFAULT_MODEL})")
+    p.add_argument("--reference", choices=REFERENCES, default=None,
+                   help="instead of --model: the public architecture with random weights, with diffusers' "
+                        "pipeline beside ours (needs diffusers; builds 873M parameters, ~1 min)")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=DEFAULT_MODES,
+                   help=f"fastmuse rows (default: {' '.join(DEFAULT_MODES)}); the first is the quality "
+                        "reference")
+    p.add_argument("--peers", nargs="*", choices=["fp32", "bf16"], default=["fp32", "bf16"],
+                   help="--reference only: diffusers rows (default: fp32 bf16)")
+    p.add_argument("--prompt", default="red heart", help="default 'red heart' (reference: a fixed prompt)")
+    p.add_argument("--n", type=positive("--n"), default=4, help="images per call (default 4; reference: 1)")
+    p.add_argument("--steps", type=positive("--steps"), default=None,
+                   help="default: the model's (reference: 12)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="default: the model's (reference: 10 on diffusers' scale, 9 on ours)")
+    p.add_argument("--repeats", type=positive("--repeats"), default=2,
+                   help="timed calls per row after a warm-up, best kept (default 2; a first call over 20 s "
+                        "is measured once)")
+    p.add_argument("--json", default=None, help="also write the rows as JSON here")
+    p.set_defaults(func=cmd_bench)
