@@ -22,6 +22,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
         matmul_peak,
         parts_table,
         set_mfu,
+        suite_quality,
         table,
     )
     from ..fsutil import atomic_write_bytes
@@ -58,6 +59,10 @@ def cmd_bench(a: argparse.Namespace) -> None:
         compare(peers, peers[0])
         rows += peers
     compare(ours, ours[0])
+    if a.quality:
+        for name, row in zip(a.modes, ours, strict=True):
+            progress(f"fastmuse {name}: evaluation suite ...")
+            row.quality = suite_quality(MODES[name].pipeline(base), a.seeds, steps, guidance)
     rows += ours
     set_mfu(rows, peaks)
     as_dicts = [r.as_dict(steps) for r in rows]
@@ -105,5 +110,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=positive("--repeats"), default=2,
                    help="timed calls per row after a warm-up, best kept (default 2; a first call over 20 s "
                         "is measured once)")
+    p.add_argument("--quality", action="store_true",
+                   help="also run the evaluation suite per fastmuse row: shapes accuracy and emoji FD "
+                        "(bundled-scale models; minutes per row)")
+    p.add_argument("--seeds", type=positive("--seeds"), default=2,
+                   help="--quality: images per evaluation prompt (default 2)")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
     p.set_defaults(func=cmd_bench)

@@ -177,6 +177,7 @@ class Row:
     agreement: float = float("nan")
     psnr_db: float = float("nan")
     mfu: float = float("nan")
+    quality: dict = field(default_factory=dict)  # --quality: the evaluation suite's measures
 
     def as_dict(self, steps: int) -> dict:
         net = self.parts.get("transformer", float("nan"))
@@ -188,8 +189,9 @@ class Row:
                 "transformer_per_step_s": round(net / steps, 4), "other_s": round(other, 3),
                 "vq_decode_s": round(self.parts.get("decoder", float("nan")), 3),
                 "token_agreement": round(self.agreement, 4), "psnr_db": round(self.psnr_db, 2),
-                "gflop": round(self.flops / 1e9, 1), "mfu": round(self.mfu, 3),
-                "peak_working_mib": round(self.memory_mib), "weights_mib": round(self.weights_mib)}
+                "gflop": float(f"{self.flops / 1e9:.4g}"), "mfu": round(self.mfu, 3),
+                "peak_working_mib": round(self.memory_mib, 1), "weights_mib": round(self.weights_mib, 2),
+                **self.quality}
 
 
 def weights_mib(*modules: nn.Module) -> float:
@@ -255,6 +257,16 @@ def fastmuse_flops(pipe: Pipeline, prompt: str, n: int, steps: int, guidance: fl
     return text + n * (forward * pipe.network_evaluations(steps, guidance) + decode)
 
 
+def suite_quality(pipe: Pipeline, seeds: int, steps: int, guidance: float) -> dict:
+    """Shapes accuracy and emoji FD (the evaluation suite, eval/suite.py) of a pipeline."""
+    from .suite import EvalSettings, eval_emoji, eval_shapes
+
+    s = EvalSettings(seeds=seeds, steps=steps, guidance=guidance)
+    shapes, emoji = eval_shapes(pipe, s)[0], eval_emoji(pipe, s)[0]
+    return {"shapes_overall": round(shapes["accuracy"]["overall"], 4), "fd": round(emoji["fid"], 2),
+            "kid": round(emoji["kid"], 5)}
+
+
 def compare(rows: list[Row], reference: Row) -> None:
     """Token agreement and image PSNR of each row against `reference` (same seed)."""
     for r in rows:
@@ -274,7 +286,11 @@ def table(rows: list[dict], baseline: str) -> str:
             "| peak working MiB |\n|---|---|---|---|---|---|---|---|---|\n")
     lines = [f"| {r['mode']} | {r['seconds_per_image']:.2f} | {r['images_per_second']:.2f} | "
              f"{base / r['seconds']:.2f}x | {r['token_agreement']:.3f} | {r['psnr_db']:.1f} | "
-             f"{r['mfu']:.2f} | {r['weights_mib']} | {r['peak_working_mib']} |" for r in rows]
+             f"{r['mfu']:.2f} | {r['weights_mib']:.0f} | {r['peak_working_mib']:.0f} |" for r in rows]
+    if any("fd" in r for r in rows):  # --quality
+        head = head.replace(" |\n|", " | shapes overall | emoji FD |\n|---|---|", 1)
+        lines = [line + (f" {r['shapes_overall']:.3f} | {r['fd']:.1f} |" if "fd" in r else " | |")
+                 for line, r in zip(lines, rows, strict=True)]
     return head + "\n".join(lines) + "\n"
 
 
