@@ -95,7 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled name or folder (default {DEFAULT_MODEL})")
     p.add_argument("--reference", choices=REFERENCES, default=None,
                    help="instead of --model: the public architecture with random weights, with diffusers' "
-                        "pipeline beside ours (needs diffusers; builds 873M parameters, ~1 min)")
+                        "pipeline beside ours (needs diffusers; builds 873M parameters, ~1 min). On CPUs "
+                        "without AVX-512-BF16 the bf16 rows are very slow (diffusers' took 32 min on a "
+                        "2-core AVX2 EPYC): --peers fp32 --modes fp32 int8 int8-cfg-half skips them")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=DEFAULT_MODES,
                    help=f"fastmuse rows (default: {' '.join(DEFAULT_MODES)}); the first is the quality "
                         "reference")

@@ -240,6 +240,7 @@ def fastmuse_rows(base: Pipeline, modes: list[str], prompt: str, n: int, steps: 
             return tokens, pipe.decode(tokens)
 
         rows.append(measure(f"fastmuse {name}", mode.precision, call, parts, pipe.device, n, repeats, flops))
+        progress(f"  {rows[-1].seconds:.2f} s per call")
         if mode.compile:  # compile replaced forward on the shared module: put the eager one back
             del pipe.transformer.forward
     return rows

@@ -89,5 +89,6 @@ def diffusers_rows(ref, precisions: list[str], steps: int, guidance: float, repe
 
         rows.append(measure(f"diffusers AmusedPipeline {precision}", precision, call, parts,
                             torch.device("cpu"), 1, repeats, flops))
+        progress(f"  {rows[-1].seconds:.2f} s per call")
     ref.scheduler.step = step
     return rows
