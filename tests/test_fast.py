@@ -138,3 +138,12 @@ def test_cli_bench(tmp_path, capsys):
     assert rows[2]["gflop"] < rows[1]["gflop"] == rows[0]["gflop"]  # half the steps skip the uncond rows
     assert rows[1]["weights_mib"] < rows[0]["weights_mib"]  # int8 weights
     assert all(r["seconds"] > 0 and r["transformer_per_step_s"] > 0 and r["mfu"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_editing_runs_in_the_fast_modes(pipe, precision):
+    fast = Pipeline(pipe.transformer, pipe.tokenizer, pipe.text_encoder, pipe.defaults, precision=precision)
+    source = pipe("a red square", seed=1)[0]
+    res = fast.inpaint(source, "a blue circle", box=(0, 0, 16, 16), guidance_interval=(0.0, 0.5))
+    assert res.images[0].size == source.size
+    assert fast.edit(source, "two blue stars", iterations=2).images[0].size == source.size
