@@ -147,3 +147,10 @@ def test_editing_runs_in_the_fast_modes(pipe, precision):
     res = fast.inpaint(source, "a blue circle", box=(0, 0, 16, 16), guidance_interval=(0.0, 0.5))
     assert res.images[0].size == source.size
     assert fast.edit(source, "two blue stars", iterations=2).images[0].size == source.size
+
+
+def test_cli_bench_refuses_what_it_cannot_measure(tmp_path, capsys):
+    assert main(["bench", "--reference", "amused-256", "--quality"]) == 1
+    assert "--quality runs the evaluation suite on a trained model" in capsys.readouterr().err
+    assert main(["bench", "--model", str(tiny_pipeline(tmp_path / "ar", autoregressive=True))]) == 1
+    assert "fastmuse bench times masked-token models" in capsys.readouterr().err

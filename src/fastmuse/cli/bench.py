@@ -12,6 +12,7 @@ REFERENCES = ("amused-256",)
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
+    from ..errors import ConfigError
     from ..eval.machine import describe_machine
     from ..eval.speed import (
         MODES,
@@ -26,8 +27,12 @@ def cmd_bench(a: argparse.Namespace) -> None:
         table,
     )
     from ..fsutil import atomic_write_bytes
+    from ..models import ARTransformer, DiT
     from ..pipeline import Pipeline
 
+    if a.reference and a.quality:
+        raise ConfigError("--quality runs the evaluation suite on a trained model; --reference has random "
+                          "weights (its quality delta is the token agreement)")
     machine = describe_machine()
     print(f"machine: {machine}", flush=True)
     progress = lambda text: print(text, flush=True)  # noqa: E731
@@ -41,6 +46,10 @@ def cmd_bench(a: argparse.Namespace) -> None:
         prompt, n, guidance = PROMPT, 1, guidance - 1
     else:
         base = Pipeline.from_pretrained(a.model)
+        if isinstance(base.transformer, DiT | ARTransformer):
+            raise ConfigError(f"--model {a.model}: fastmuse bench times masked-token models (MaskGIT or "
+                              "one-step); for diffusion and autoregressive models use "
+                              "`fastmuse eval --suite speed`")
         prompt, n = a.prompt, a.n
         steps = a.steps or base.defaults.steps
         guidance = base.defaults.guidance if a.guidance is None else a.guidance
@@ -54,7 +63,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
     ours = fastmuse_rows(base, a.modes, prompt, n, steps, guidance, a.repeats, progress)
     rows: list[Row] = []
     if a.reference and a.peers:
-        flops = fastmuse_flops(base, prompt, n, steps, guidance, 0)
+        flops = fastmuse_flops(base, prompt, n, steps, guidance)
         peers = diffusers_rows(ref, a.peers, steps, guidance + 1, a.repeats, flops, progress)
         compare(peers, peers[0])
         rows += peers
@@ -68,7 +77,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
     as_dicts = [r.as_dict(steps) for r in rows]
     what = a.reference or a.model
     header = (f"{what}: {n} image(s) of {cfg.grid * base.tokenizer.downsample} px, {steps} steps, guidance "
-              f"{guidance:g} (ours; diffusers' is 1 more), {machine}. "
+              f"{guidance:g}{' (diffusers: 1 more)' if a.reference else ''}, {machine}. "
               f"Quality: each row against the first row of the same code, same seed.")
     md = (f"{header}\n\n{table(as_dicts, rows[0].name)}\nWhere the time goes (the best call of each row):\n\n"
           f"{parts_table(as_dicts)}")

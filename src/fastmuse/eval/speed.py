@@ -230,13 +230,13 @@ def fastmuse_rows(base: Pipeline, modes: list[str], prompt: str, n: int, steps: 
         mode = MODES[name]
         progress(f"fastmuse {name} ...")
         pipe = mode.pipeline(base)
-        kw = {"n": n, "steps": steps, "guidance": guidance, "seed": 0}
+        kw = {"n": n, "steps": steps, "guidance": guidance}
         flops = fastmuse_flops(Mode(sampler=mode.sampler).pipeline(base), prompt, **kw)  # counted in fp32
         parts = {"text": pipe.text_encoder.model, "transformer": pipe.transformer,
                  "decoder": pipe.tokenizer.decoder}
 
         def call(pipe: Pipeline = pipe, kw: dict = kw) -> tuple[torch.Tensor, list]:
-            tokens = pipe.generate_tokens(prompt, **kw)
+            tokens = pipe.generate_tokens(prompt, seed=0, **kw)
             return tokens, pipe.decode(tokens)
 
         rows.append(measure(f"fastmuse {name}", mode.precision, call, parts, pipe.device, n, repeats, flops))
@@ -246,7 +246,7 @@ def fastmuse_rows(base: Pipeline, modes: list[str], prompt: str, n: int, steps: 
     return rows
 
 
-def fastmuse_flops(pipe: Pipeline, prompt: str, n: int, steps: int, guidance: float, seed: int) -> float:
+def fastmuse_flops(pipe: Pipeline, prompt: str, n: int, steps: int, guidance: float) -> float:
     """FLOPs of one call of an fp32 pipeline: text + one forward per network evaluation + VQ decode."""
     with torch.no_grad():
         text = counted(lambda: pipe.text_encoder.encode([prompt]))
