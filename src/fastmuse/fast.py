@@ -13,8 +13,8 @@
           fp32 matmul). Embeddings, norms, convolutions and attention stay fp32.
 
 Classifier-free guidance limited to part of the steps is a sampler option
-(`guidance_interval`, sampling/maskgit.py); text keys/values once per prompt and guidance
-batched into one forward are always on (exact).
+(`guidance_interval`, sampling/maskgit.py); text keys/values once per prompt (exact) and
+guidance batched into one forward (equal up to fp32 rounding) are always on.
 """
 
 from __future__ import annotations

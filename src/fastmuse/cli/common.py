@@ -92,7 +92,7 @@ def add_fast_args(p: argparse.ArgumentParser) -> None:
     from ..fast import PRECISIONS
 
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (default); int8: int8 linear layers, CPU, about 1.6x faster on AVX2 at a small "
+                   help="fp32 (default); int8: int8 linear layers, CPU, 1.2-1.6x faster on AVX2 at a small "
                         "quality cost; bf16: autocast, for GPUs and AVX-512-BF16 CPUs (slow on AVX2)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer (the first call compiles: tens of seconds)")
