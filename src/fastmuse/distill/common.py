@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config, check_range
+from ..data.images import make_grid
 from ..errors import ConfigError
 from ..models import DiT
 from ..pipeline import Pipeline, SamplerDefaults
@@ -110,6 +111,16 @@ def load_diffusion_teacher(name: str) -> Pipeline:
     return pipe
 
 
+def samples_file(run: Path, name: str | int) -> Path:
+    """run/samples/NAME.png (e.g. teacher.png), or step-000123.png for a step."""
+    return run / "samples" / (f"step-{name:06d}.png" if isinstance(name, int) else f"{name}.png")
+
+
+def save_samples(run: Path, images: list, prompts: list[str], name: str | int) -> None:
+    """The probe prompts' images as one captioned grid (see samples_file)."""
+    make_grid(images, ncols=min(len(prompts), 8), captions=prompts).save(samples_file(run, name))
+
+
 def save_run_student(run: Path, cfg: DistillConfig, student: torch.nn.Module, teacher: Pipeline,
                      defaults: SamplerDefaults, card: str, config_name: str) -> Path:
     """run/student: a model folder with the run's config (as `config_name`), metrics.jsonl and
@@ -117,5 +128,5 @@ def save_run_student(run: Path, cfg: DistillConfig, student: torch.nn.Module, te
     pipe = Pipeline(student, teacher.tokenizer, teacher.text_encoder, defaults)
     files = {"metrics.jsonl": (run / "metrics.jsonl").read_bytes(),
              config_name: (run / "config.json").read_bytes(),
-             "grid.png": (run / "samples" / f"step-{cfg.steps:06d}.png").read_bytes()}
+             "grid.png": samples_file(run, cfg.steps).read_bytes()}
     return pipe.save_pretrained(run / "student", card, files)

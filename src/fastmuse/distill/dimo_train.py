@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from ..config import check_range
 from ..convert import folder_files
-from ..data.images import make_grid
 from ..data.tokens import build_token_data
 from ..errors import ConfigError
 from ..hub import resolve
@@ -33,6 +32,7 @@ from .common import (
     open_run,
     resume_checkpoint,
     save_checkpoint,
+    save_samples,
     set_lrs,
     teacher_guidance,
 )
@@ -140,8 +140,7 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
         logger.log({"step": 0, "teacher_samples_logprob": teacher_logprob(teacher, ref, probe, g),
                     "student_samples_logprob": teacher_logprob(
                         teacher, student_pipe.generate_tokens(probe, seed=0), probe, g)})
-        make_grid(teacher.decode(ref), ncols=min(len(probe), 8), captions=probe).save(
-            out / "samples" / "teacher.png")
+        save_samples(out, teacher.decode(ref), probe, "teacher")
 
     remask = lambda tokens, gen: random_mask(tokens, tm.mask_id, gen)  # noqa: E731 - the teacher's schedule
     grid = tcfg.grid
@@ -183,8 +182,7 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
         if due(done, cfg.eval_every, cfg):
             tokens = student_pipe.generate_tokens(probe, seed=0)
             logger.log({"step": done, "student_samples_logprob": teacher_logprob(teacher, tokens, probe, g)})
-            make_grid(student_pipe.decode(tokens), ncols=min(len(probe), 8), captions=probe).save(
-                out / "samples" / f"step-{done:06d}.png")
+            save_samples(out, student_pipe.decode(tokens), probe, done)
         save_checkpoint(out, cfg, modules, optimizers, done)
         if stop_at is not None and done >= stop_at:
             return out

@@ -28,7 +28,6 @@ from safetensors.torch import load, save
 from tqdm import tqdm
 
 from ..config import check_range
-from ..data.images import make_grid
 from ..data.tokens import build_token_data
 from ..errors import ConfigError
 from ..fsutil import atomic_write_bytes
@@ -45,6 +44,7 @@ from .common import (
     resume_checkpoint,
     save_checkpoint,
     save_run_student,
+    save_samples,
     set_lrs,
     teacher_guidance,
 )
@@ -134,8 +134,7 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
     student_pipe = Pipeline(ema, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg))
     probe = list(cfg.sample_prompts)
     if start == 0:
-        make_grid(teacher(probe, seed=0), ncols=min(len(probe), 8), captions=probe).save(
-            out / "samples" / "teacher.png")
+        save_samples(out, teacher(probe, seed=0), probe, "teacher")
     if cfg.method == "dmd":
         prompt_gen = torch.Generator().manual_seed(cfg.seed)
         pair_rows = rows[torch.randint(len(rows), (cfg.regression_pairs,), generator=prompt_gen)]
@@ -219,8 +218,7 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
             logger.log({"step": done, **logs})
             bar.set_postfix(fake=f"{logs['loss_fake']:.4f}", dm=f"{logs['dm_grad_norm']:.2f}")
         if due(done, cfg.eval_every, cfg):
-            make_grid(student_pipe(probe, seed=0), ncols=min(len(probe), 8), captions=probe).save(
-                out / "samples" / f"step-{done:06d}.png")
+            save_samples(out, student_pipe(probe, seed=0), probe, done)
         save_checkpoint(out, cfg, modules, optimizers, done)
         if stop_at is not None and done >= stop_at:
             return out

@@ -25,7 +25,6 @@ import torch
 from tqdm import tqdm
 
 from ..config import check_range
-from ..data.images import make_grid
 from ..data.tokens import build_token_data
 from ..errors import ConfigError
 from ..models import DiT
@@ -41,6 +40,7 @@ from .common import (
     resume_checkpoint,
     save_checkpoint,
     save_run_student,
+    save_samples,
     set_lrs,
     teacher_guidance,
 )
@@ -107,8 +107,7 @@ def distill_scm(cfg: SCMConfig, out: str | Path, resume: bool = False, stop_at: 
     student_pipe = Pipeline(ema, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg))
     probe = list(cfg.sample_prompts)
     if start == 0:
-        make_grid(teacher(probe, seed=0), ncols=min(len(probe), 8), captions=probe).save(
-            out / "samples" / "teacher.png")
+        save_samples(out, teacher(probe, seed=0), probe, "teacher")
     uncond = teacher.uncond().repeat(cfg.batch_size)
 
     bad = 0
@@ -147,8 +146,7 @@ def distill_scm(cfg: SCMConfig, out: str | Path, resume: bool = False, stop_at: 
             logger.log({"step": done, **logs})
             bar.set_postfix(loss=f"{logs['loss']:.4f}", grad=f"{logs['grad_norm']:.2f}")
         if due(done, cfg.eval_every, cfg):
-            make_grid(student_pipe(probe, seed=0), ncols=min(len(probe), 8), captions=probe).save(
-                out / "samples" / f"step-{done:06d}.png")
+            save_samples(out, student_pipe(probe, seed=0), probe, done)
         save_checkpoint(out, cfg, modules, optimizers, done)
         if stop_at is not None and done >= stop_at:
             return out
