@@ -94,3 +94,20 @@ def tiny_pipeline(root: Path, autoregressive: bool = False) -> Path:
     pipe = Pipeline(model, VQTokenizer.from_pretrained(tok), load_text_encoder(str(te)),
                     SamplerDefaults(steps=256 if autoregressive else 3, guidance=2.0))
     return pipe.save_pretrained(root / "model", card="# tiny test model\n")
+
+
+def assert_resumes_exactly(train, cfg, root: Path, names: tuple[str, ...]):
+    """`train(cfg, out, stop_at=, resume=)` stopped after step 2 and resumed ends at step 4 with
+    the same tensors under every checkpoint name in `names` as one uninterrupted run; returns
+    the uninterrupted run's result."""
+    import torch
+
+    from fastmuse.hub import load_checkpoint
+
+    result = train(cfg, root / "a")
+    assert train(cfg, root / "b", stop_at=2) == root / "b"
+    train(cfg, root / "b", resume=True)
+    for name in names:
+        wa, wb = (load_checkpoint(root / f"{r}/checkpoints/step-000004").weights(name) for r in "ab")
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    return result

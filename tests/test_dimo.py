@@ -18,13 +18,12 @@ from fastmuse.cli import main
 from fastmuse.distill.dimo import DiMOSettings, aux_loss, divergence_grad, generator_loss, student_forward
 from fastmuse.distill.dimo_train import DiMOConfig, distill_dimo
 from fastmuse.errors import ConfigError
-from fastmuse.hub import load_checkpoint
 from fastmuse.models import MaskedTransformer, MaskedTransformerConfig
 from fastmuse.pipeline import Pipeline
 from fastmuse.sampling.one_step import embedding_noise, initial_state, token_embedding
 from fastmuse.serve.app import ServeSettings, create_app
 from fastmuse.train.masked import random_mask
-from helpers import tiny_dataset, tiny_pipeline
+from helpers import assert_resumes_exactly, tiny_dataset, tiny_pipeline
 
 
 def test_divergence_gradients_are_the_kl_gradients():
@@ -185,12 +184,8 @@ def cfg_for(parts, **kw) -> DiMOConfig:
 
 def test_run_resumes_exactly_and_the_student_loads(teacher, tmp_path):
     cfg = cfg_for(teacher)
-    student_dir = distill_dimo(cfg, tmp_path / "a")
-    assert distill_dimo(cfg, tmp_path / "b", stop_at=2) == tmp_path / "b"
-    distill_dimo(cfg, tmp_path / "b", resume=True)
-    for name in ("student", "aux", "ema", "optimizer_student", "optimizer_aux"):
-        wa, wb = (load_checkpoint(tmp_path / f"{r}/checkpoints/step-000004").weights(name) for r in "ab")
-        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    names = ("student", "aux", "ema", "optimizer_student", "optimizer_aux")
+    student_dir = assert_resumes_exactly(distill_dimo, cfg, tmp_path, names)
     logs = [json.loads(x) for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs if "loss_student" in r] == [1, 2, 3, 4]
     assert [r["step"] for r in logs if "student_samples_logprob" in r] == [0, 2, 4]

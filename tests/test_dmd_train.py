@@ -18,7 +18,7 @@ from fastmuse.models import DiT, DiTConfig
 from fastmuse.pipeline import Pipeline
 from fastmuse.serve.app import ServeSettings, create_app
 from fastmuse.train.masked import TransformerTrainConfig, train_transformer
-from helpers import tiny_dataset, tiny_pipeline, tiny_text_encoder, tiny_tokenizer
+from helpers import assert_resumes_exactly, tiny_dataset, tiny_pipeline, tiny_text_encoder, tiny_tokenizer
 
 PROMPTS = ("a red square", "a blue square")
 
@@ -102,12 +102,8 @@ def dmd_cfg(parts, teacher, **kw) -> DMDConfig:
 
 def test_dmd2_run_resumes_exactly_and_the_student_loads(parts, teacher, tmp_path):
     cfg = dmd_cfg(parts, teacher, student_steps=2)
-    student_dir = distill_dmd(cfg, tmp_path / "a")
-    assert distill_dmd(cfg, tmp_path / "b", stop_at=2) == tmp_path / "b"
-    distill_dmd(cfg, tmp_path / "b", resume=True)
-    for name in ("student", "fake", "head", "ema", "optimizer_student", "optimizer_fake"):
-        wa, wb = (load_checkpoint(tmp_path / f"{r}/checkpoints/step-000004").weights(name) for r in "ab")
-        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    names = ("student", "fake", "head", "ema", "optimizer_student", "optimizer_fake")
+    student_dir = assert_resumes_exactly(distill_dmd, cfg, tmp_path, names)
     logs = [json.loads(x) for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [1, 2, 3, 4]
     assert {"loss_fake", "loss_disc", "loss_gan", "dm_grad_norm", "grad_norm"} <= set(logs[-1])

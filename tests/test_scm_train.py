@@ -12,9 +12,8 @@ from fastmuse.distill import scm_train
 from fastmuse.distill.scm import MID_TIME
 from fastmuse.distill.scm_train import SCMConfig, distill_scm
 from fastmuse.errors import ConfigError, FastMuseError
-from fastmuse.hub import load_checkpoint
 from fastmuse.pipeline import Pipeline
-from helpers import tiny_pipeline
+from helpers import assert_resumes_exactly, tiny_pipeline
 from test_dmd_train import PROMPTS, parts, teacher  # noqa: F401 - the module's fixtures
 
 
@@ -27,12 +26,8 @@ def scm_cfg(parts, teacher, **kw) -> SCMConfig:  # noqa: F811
 
 def test_scd_run_resumes_exactly_and_the_student_samples_in_one_or_two_steps(parts, teacher, tmp_path):  # noqa: F811
     cfg = scm_cfg(parts, teacher)
-    student_dir = distill_scm(cfg, tmp_path / "a")
-    assert distill_scm(cfg, tmp_path / "b", stop_at=2) == tmp_path / "b"
-    distill_scm(cfg, tmp_path / "b", resume=True)
-    for name in ("student", "weight", "ema", "optimizer_student", "optimizer_weight"):
-        wa, wb = (load_checkpoint(tmp_path / f"{r}/checkpoints/step-000004").weights(name) for r in "ab")
-        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    names = ("student", "weight", "ema", "optimizer_student", "optimizer_weight")
+    student_dir = assert_resumes_exactly(distill_scm, cfg, tmp_path, names)
     logs = [json.loads(x) for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [1, 2, 3, 4]
     assert {"loss", "loss_mse", "tangent_norm", "tangent_max", "grad_norm", "skipped"} <= set(logs[-1])
