@@ -8,6 +8,12 @@ probability-flow ODE, or for a distilled student by its few-step sampler.
     images = pipe("red heart", n=4, steps=12, guidance=3.0, seed=0)   # list of PIL images
     fast = Pipeline.from_pretrained("muse-128", precision="int8")     # fast modes: fast.py
 
+Two stages (Muse): a base model makes a low-res token grid, a super-resolution model turns it
+(+ the text) into the high-res grid, decoded by the shared tokenizer:
+
+    pipe = Pipeline.from_stages(["muse-64", "muse-sr-128"])          # 64 px -> 128 px
+    images = pipe("red heart", n=4, micro={"score": 90})   # micro-conditions of the base
+
 A model folder is a transformer checkpoint whose config names its image tokenizer and
 text encoder (`tokenizer/` inside the folder wins over the named one) plus `sampler.json`,
 the sampling defaults it was tuned with; or an aMUSEd / Meissonic folder as the reference
@@ -28,7 +34,7 @@ from PIL import Image
 from .editing import EditingMixin
 from .errors import CheckpointError, ConfigError
 from .fast import check_precision, compile_forward, inference, quantize_int8
-from .hub import resolve
+from .hub import BUNDLED_DIR, bundled_models, resolve
 from .models import ARTransformer, DiT, MaskedTransformer, TextContext, load_transformer
 from .models.from_diffusers import load_diffusers_transformer
 from .sampling.autoregressive import ar_sample, check_ar_args
@@ -63,6 +69,7 @@ class SamplerDefaults:
     solver: str = "heun"
     times: list[float] | None = None
     guidance_interval: list[float] = field(default_factory=lambda: [0.0, 1.0])  # maskgit: guided steps
+    micro: dict[str, float | None] | None = None  # micro-conditioned models: values when not given
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -157,6 +164,7 @@ class Pipeline(EditingMixin):
         self.text_encoder = text_encoder
         self.defaults = defaults or SamplerDefaults()
         self._uncond = None
+        self.upsamplers: list[Pipeline] = []  # super-resolution stages run after this one (from_stages)
 
     @property
     def device(self) -> torch.device:
@@ -190,23 +198,64 @@ class Pipeline(EditingMixin):
         return cls(transformer, tokenizer, text_encoder or load_text_encoder(folder / "text_encoder"),
                    REFERENCE_DEFAULTS[type(transformer).__name__], **fast)
 
+    @classmethod
+    def from_stages(cls, names: list[str], text_encoder: TextEncoder | None = None, **fast) -> Pipeline:
+        """A base model followed by super-resolution stages (e.g. ["muse-64", "muse-sr-128"]): each
+        upsamples the previous stage's tokens. Errors list the bundled chains."""
+        if isinstance(names, str) or not names:
+            raise ConfigError(f"stages is {names!r}; accepted: a list of model names or folders, "
+                              f"e.g. {' '.join(supported_stages()[0]) if supported_stages() else 'BASE SR'}")
+        base = cls.from_pretrained(names[0], text_encoder, **fast)
+        stages = [base] + [cls.from_pretrained(n, base.text_encoder, **fast) for n in names[1:]]
+        check_stages([p.transformer.config for p in stages], [str(n) for n in names])
+        base.upsamplers = stages[1:]
+        return base
+
     @property
     def resolution(self) -> int:
-        return self.transformer.config.grid * self.tokenizer.downsample
+        last = self.upsamplers[-1] if self.upsamplers else self
+        return last.transformer.config.grid * last.tokenizer.downsample
 
-    def uncond(self):
-        if self._uncond is None:  # the "" embedding: what caption dropout trained against
+    def uncond(self, micro: torch.Tensor | None = None) -> TextContext:
+        """The "" context: what caption dropout trained against (with `micro` [1, K], the
+        micro-conditions of a model that has them: guidance drops the text only)."""
+        if micro is not None:
+            return self.transformer.prepare_text(self.text_encoder.encode([""]), micro)
+        if self._uncond is None:
             self._uncond = self.transformer.prepare_text(self.text_encoder.encode([""]))
         return self._uncond
 
+    def micro_values(self, micro: dict[str, float | None] | None) -> torch.Tensor | None:
+        """[1, K] micro-conditions: `micro` over the model's defaults (None = unknown); None for
+        a model without them."""
+        names = getattr(self.transformer.config, "micro_conds", ())
+        if not names:
+            if micro:
+                raise ConfigError("micro: this model has no micro-conditions")
+            return None
+        values = {**(self.defaults.micro or {}), **(micro or {})}
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ConfigError(f"micro-condition {unknown[0]!r}; accepted: {', '.join(names)}")
+        bad = [k for k, v in values.items() if v is not None and not isinstance(v, int | float)]
+        if bad:
+            raise ConfigError(f"micro-condition {bad[0]!r} is {values[bad[0]]!r}; accepted: a number, "
+                              "or None (unknown)")
+        return torch.tensor([[float("nan") if values.get(n) is None else float(values[n]) for n in names]])
+
     def sampling(self, prompts: list[str], n: int | list[int] = 1, steps: int | None = None,
-                 guidance: float | None = None, seed: int | list[int] = 0, **sampler) -> SamplingRun:
+                 guidance: float | None = None, seed: int | list[int] = 0,
+                 micro: dict[str, float | None] | None = None, low_res: torch.Tensor | None = None,
+                 **sampler) -> SamplingRun:
         """Checked options + text contexts for len(prompts) * n images (prompt-major), encoded
         once; editing samples several times (windows, iterations) from one run.
 
         `n` and `seed` may also be lists, one entry per prompt: prompt i's n[i] images then come
         from their own random stream seeded seed[i], the same images it gets alone
-        (`pipe(prompt_i, n=n[i], seed=seed[i])`): how the server batches requests."""
+        (`pipe(prompt_i, n=n[i], seed=seed[i])`): how the server batches requests.
+
+        `micro`: micro-condition values by name (the model card lists them); `low_res`: a
+        super-resolution model's input grids [len(prompts) * n, g, g]."""
         counts = [n] * len(prompts) if isinstance(n, int) else n
         if (not isinstance(counts, list | tuple) or len(counts) != len(prompts)
                 or not all(isinstance(c, int) and c >= 1 for c in counts)
@@ -267,9 +316,27 @@ class Pipeline(EditingMixin):
         else:
             check_sampler_args(steps, guidance, opts["schedule"], opts["guidance_schedule"],
                                opts["temperature"], opts["noise"], opts["guidance_interval"])
-        cond = m.prepare_text(self.text_encoder.encode(prompts)).repeat(counts)
-        uncond = self.uncond().repeat(sum(counts)) if guidance > 0 else None
+        values = self.micro_values(micro)
+        text = self.text_encoder.encode(prompts)
+        if values is None:
+            cond = m.prepare_text(text).repeat(counts)
+        else:
+            cond = m.prepare_text(text, values.expand(len(prompts), -1)).repeat(counts)
+        uncond = self.uncond(values).repeat(sum(counts)) if guidance > 0 else None
+        if getattr(m.config, "low_res_grid", 0) or low_res is not None:
+            cond, uncond = self._with_low_res(cond, uncond, low_res)
         return SamplingRun(m, cond, uncond, steps, guidance, opts, generator)
+
+    def _with_low_res(self, cond: TextContext, uncond: TextContext | None,
+                      low_res: torch.Tensor | None) -> tuple[TextContext, TextContext | None]:
+        m = self.transformer
+        if low_res is None:
+            chains = "; ".join(" ".join(c) for c in supported_stages()) or "none bundled"
+            raise ConfigError(f"this is a super-resolution stage: it upsamples a base model's tokens "
+                              f"(low_res); run it after one (stages: {chains})")
+        if not isinstance(m, MaskedTransformer) or not m.config.low_res_grid:
+            raise ConfigError("low_res given, but this is not a super-resolution model")
+        return m.with_low_res(cond, low_res), None if uncond is None else m.with_low_res(uncond, low_res)
 
     def network_evaluations(self, steps: int, guidance: float,
                             guidance_interval: tuple[float, float] | None = None) -> int:
@@ -285,12 +352,25 @@ class Pipeline(EditingMixin):
     @inference
     def generate_tokens(self, prompts: str | list[str], n: int | list[int] = 1, steps: int | None = None,
                         guidance: float | None = None, seed: int | list[int] = 0,
-                        init: torch.Tensor | None = None,
-                        **sampler) -> torch.Tensor:
+                        init: torch.Tensor | None = None, micro: dict[str, float | None] | None = None,
+                        low_res: torch.Tensor | None = None, **sampler) -> torch.Tensor:
         """Token grids [len(prompts) * n, h, w], prompt-major. `init` (optional, editing): a
         starting canvas [h, w] or [len(prompts) * n, h, w] with MASK where to generate; other
-        tokens are kept. Canvases larger than the model grid are sampled in windows."""
-        run = self.sampling(check_prompts(prompts), n, steps, guidance, seed, **sampler)
+        tokens are kept. Canvases larger than the model grid are sampled in windows.
+        With `upsamplers`, each then upsamples the grids with its own sampler defaults
+        (steps, guidance and the sampler options apply to the first stage)."""
+        prompts = check_prompts(prompts)
+        if self.upsamplers and init is not None:
+            raise ConfigError("editing (init) needs a single-stage model; this pipeline has "
+                              f"{1 + len(self.upsamplers)} stages")
+        tokens = self._generate(prompts, n, steps, guidance, seed, init, micro, low_res, **sampler)
+        for up in self.upsamplers:
+            tokens = up._generate(prompts, n, None, None, seed, None, None, tokens)
+        return tokens
+
+    def _generate(self, prompts: list[str], n, steps, guidance, seed, init, micro, low_res,
+                  **sampler) -> torch.Tensor:
+        run = self.sampling(prompts, n, steps, guidance, seed, micro, low_res, **sampler)
         b, cfg = run.cond.c.shape[0], self.transformer.config
         if isinstance(self.transformer, DiT):
             if init is not None:
@@ -332,3 +412,46 @@ class Pipeline(EditingMixin):
         if card is not None:
             files["README.md"] = card.encode()
         return self.transformer.save_pretrained(folder, files)
+
+
+def _stage_configs() -> dict[str, object]:
+    """Bundled masked models' configs by name (what chains can be formed from)."""
+    from .models import MaskedTransformerConfig
+
+    out = {}
+    for name in bundled_models():
+        path = BUNDLED_DIR / name / "config.json"
+        if json.loads(path.read_text(encoding="utf-8")).get("kind") == MaskedTransformerConfig.kind:
+            out[name] = MaskedTransformerConfig.load(path)
+    return out
+
+
+def supported_stages() -> list[tuple[str, ...]]:
+    """The bundled two-stage chains: (base, super-resolution) pairs whose grids and tokenizer match."""
+    cfgs = _stage_configs()
+    return [(b, u) for b, cb in cfgs.items() for u, cu in cfgs.items()
+            if not cb.low_res_grid and cu.low_res_grid == cb.grid and cu.tokenizer == cb.tokenizer]
+
+
+def check_stages(configs: list, names: list[str]) -> None:
+    """A chain must start with a text-to-image token model; each next stage must be a
+    super-resolution model of the previous one's grid and tokenizer."""
+    chains = "; ".join(" ".join(c) for c in supported_stages()) or "none bundled"
+    for i, (cfg, name) in enumerate(zip(configs, names, strict=True)):
+        low = getattr(cfg, "low_res_grid", 0)
+        if i == 0:
+            if low:
+                raise ConfigError(f"stages: {name} is a super-resolution model; a chain starts with a "
+                                  f"text-to-image model (supported: {chains})")
+            if not hasattr(cfg, "codebook_size"):
+                raise ConfigError(f"stages: {name} makes latents, not tokens; supported: {chains}")
+            continue
+        prev, prev_name = configs[i - 1], names[i - 1]
+        if not low or low != prev.grid or cfg.tokenizer != prev.tokenizer:
+            what = f"upsamples {low}x{low} grids of {cfg.tokenizer}" if low else \
+                "is not a super-resolution model"
+            raise ConfigError(f"stages: {name} {what}; {prev_name} makes {prev.grid}x{prev.grid} grids of "
+                              f"{prev.tokenizer}. Supported: {chains}")
+        if cfg.text_encoder != configs[0].text_encoder:
+            raise ConfigError(f"stages: {name} reads {cfg.text_encoder} text, {names[0]} "
+                              f"{configs[0].text_encoder}; the stages share one text encoder")

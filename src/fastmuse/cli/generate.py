@@ -32,13 +32,29 @@ def cmd_generate(a: argparse.Namespace) -> None:
 
     prompts = check_prompts(_read_prompts(a))
     check_outputs(a)
-    pipe = Pipeline.from_pretrained(a.model, **fast_options(a))
+    if a.stages:
+        pipe, name = Pipeline.from_stages(a.stages, **fast_options(a)), " -> ".join(a.stages)
+    else:
+        pipe, name = Pipeline.from_pretrained(a.model, **fast_options(a)), a.model
+    micro = dict(a.micro) if a.micro else None
     t0 = time.perf_counter()
-    images = pipe(prompts, **sampler_options(a))
+    images = pipe(prompts, micro=micro, **sampler_options(a))
     took = time.perf_counter() - t0
     where = save_outputs(a, images, [p for p in prompts for _ in range(a.n)],
                          ncols=a.n if len(prompts) > 1 else None)
-    print(f"wrote {len(images)} image(s) to {where} in {took:.2f}s ({pipe.resolution}px, {a.model})")
+    print(f"wrote {len(images)} image(s) to {where} in {took:.2f}s ({pipe.resolution}px, {name})")
+
+
+def micro_value(text: str) -> tuple[str, float | None]:
+    """NAME=VALUE, VALUE a number or "none" (unknown)."""
+    name, eq, value = text.partition("=")
+    try:
+        if not (eq and name):
+            raise ValueError
+        return name, None if value.lower() == "none" else float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--micro must be NAME=VALUE (a number or none), "
+                                         f"got {text!r}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,4 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--prompts-file", default=None, help="more prompts, one per line")
     add_output_args(g)
     add_sampler_args(g)
+    g.add_argument("--stages", nargs="+", default=None, metavar="MODEL",
+                   help="two-stage generation instead of --model: a base model, then super-resolution "
+                        "stages that upsample its tokens with their own sampler defaults, e.g. "
+                        "--stages muse-64 muse-sr-128 (64 px, then 128 px)")
+    g.add_argument("--micro", action="append", type=micro_value, default=None, metavar="NAME=VALUE",
+                   help="a micro-condition of the (base) model, repeatable: orig_size, crop_top, crop_left "
+                        "(px) and score (colourfulness, 0-120); none = unknown. Default: the model's "
+                        "(its card lists them), e.g. --micro score=100")
     g.set_defaults(func=cmd_generate)

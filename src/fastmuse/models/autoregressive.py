@@ -26,6 +26,12 @@ class ARTransformerConfig(MaskedTransformerConfig):
 
     kind = "ar_transformer"
 
+    def validate(self) -> None:
+        super().validate()
+        if self.micro_conds or self.low_res_grid:
+            raise ConfigError("the autoregressive baseline takes text only: 'micro_conds' must be [] and "
+                              "'low_res_grid' 0")
+
 
 class ARTransformer(MaskedTransformer):
     config_class = ARTransformerConfig

@@ -29,8 +29,7 @@ from ..config import Config, check_range
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
-from .transformer import Block, TextContext, init_adaln_zero, modulate, text_context
-from .uvit import sinusoid
+from .transformer import Block, TextContext, init_adaln_zero, modulate, sinusoid, text_context
 
 if TYPE_CHECKING:
     from ..sampling.trigflow import Velocity

@@ -2,17 +2,32 @@
 
     tokens [B, H, W] (codebook ids, `mask_id` where unknown)
       -> token embedding + 2D position embedding (row + column)
+       [+ super-resolution: the low-res grid's token embeddings, nearest-upsampled onto it]
       -> depth x Block: x += gate * SelfAttn(mod(LN x));  x += CrossAttn(LN x, text);
                         x += gate * MLP(mod(LN x))      (mod: shift/scale from the pooled text)
       -> final LN (modulated) -> Linear -> logits [B, H, W, codebook_size]
 
-Conditioning: `c = MLP(pooled text [+ micro-conditions])` drives adaLN-Zero modulation
-(DiT); per-token text states enter through cross-attention. `prepare_text` computes the
-text keys/values of every block once, so a sampler reuses them at every step.
+Conditioning: `c = MLP(pooled text) [+ MLP(sinusoids of the micro-conditions)]` drives
+adaLN-Zero modulation (DiT); per-token text states enter through cross-attention.
+`prepare_text` computes the text keys/values of every block once, so a sampler reuses them
+at every step.
+
+Super-resolution (`low_res_grid` > 0, Muse's second stage): the base stage's token grid is
+embedded and *added* to the high-res grid, each low-res token onto the block of high-res
+positions it covers. Muse cross-attends to the low-res tokens instead; adding costs no
+attention, and the alignment it hard-codes (64 px token (i, j) is 128 px tokens (2i..2i+1,
+2j..2j+1)) is exact for a same-tokenizer upsampler, so a small model learns it in few steps.
+Guidance drops only the text: the low-res grid conditions both branches.
+
+Micro-conditions (`micro_conds`, SDXL / Meissonic): named scalars per image (original size,
+crop corner, a score) as 64-d sinusoids, through an MLP added to c. NaN = unknown: that
+condition's sinusoid is zeroed (training drops them at random, so the MLP's output at zero
+is a learned "unknown").
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +38,9 @@ from ..config import Config, check_range
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
+
+MICRO_CONDS = ("orig_size", "crop_top", "crop_left", "score")  # what data/tokens.py records
+MICRO_DIM = 64  # sinusoid width per micro-condition
 
 
 @dataclass
@@ -39,6 +57,8 @@ class MaskedTransformerConfig(Config):
     text_encoder: str = "minilm"  # the encoder whose embeddings it was trained on
     tokenizer: str = "tokenizer-f8"  # the image tokenizer whose codes it predicts
     resolution: int = 128  # pixels = grid * tokenizer downsampling
+    micro_conds: tuple[str, ...] = ()  # names, a subset of MICRO_CONDS in that order
+    low_res_grid: int = 0  # > 0: a super-resolution stage, conditioned on this low-res token grid
 
     def validate(self) -> None:
         for name in ("codebook_size", "grid", "dim", "depth", "heads", "text_dim", "pooled_dim",
@@ -47,6 +67,12 @@ class MaskedTransformerConfig(Config):
         check_range("mlp_ratio", self.mlp_ratio, 0.0)
         if self.dim % self.heads:
             raise ConfigError(f"'dim' is {self.dim}; accepted: a multiple of 'heads' ({self.heads})")
+        if list(self.micro_conds) != [m for m in MICRO_CONDS if m in self.micro_conds]:
+            raise ConfigError(f"'micro_conds' is {list(self.micro_conds)}; accepted: distinct names from "
+                              f"{', '.join(MICRO_CONDS)}, in that order")
+        if self.low_res_grid and (self.low_res_grid >= self.grid or self.grid % self.low_res_grid):
+            raise ConfigError(f"'low_res_grid' is {self.low_res_grid}; accepted: 0 (text-to-image) or a "
+                              f"proper divisor of 'grid' ({self.grid})")
 
     @property
     def mask_id(self) -> int:
@@ -60,9 +86,12 @@ class MaskedTransformerConfig(Config):
 
     def describe(self) -> str:
         """One markdown line for model cards."""
+        micro = f" + micro-conditions ({', '.join(self.micro_conds)})" if self.micro_conds else ""
+        low = (f"; super-resolution from a {self.low_res_grid}x{self.low_res_grid} token grid, embedded and "
+               "added to the positions it covers" if self.low_res_grid else "")
         return (f"dim {self.dim}, depth {self.depth}, heads {self.heads}, MLP x{self.mlp_ratio}; "
                 "self-attention + cross-attention to the text states + MLP per block, adaLN-Zero "
-                "modulation from the pooled text; learned row + column position embeddings")
+                f"modulation from the pooled text{micro}; learned row + column position embeddings{low}")
 
 
 @dataclass
@@ -72,6 +101,7 @@ class TextContext:
     c: torch.Tensor  # [B, dim] conditioning vector for the modulations
     kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block: keys, values [B, heads, L, hd]
     mask: torch.Tensor  # [B, 1, 1, L] bool, True = attend
+    grid: torch.Tensor | None = None  # [B, N, dim] added to the token embeddings (super-resolution)
 
     @staticmethod
     def cat(parts: list[TextContext]) -> TextContext:
@@ -85,7 +115,9 @@ class TextContext:
 
         kv = [(torch.cat([pad(p.kv[i][0], 2) for p in parts]), torch.cat([pad(p.kv[i][1], 2) for p in parts]))
               for i in range(len(parts[0].kv))]
-        return TextContext(torch.cat([p.c for p in parts]), kv, torch.cat([pad(p.mask, 3) for p in parts]))
+        grid = None if parts[0].grid is None else torch.cat([p.grid for p in parts])
+        mask = torch.cat([pad(p.mask, 3) for p in parts])
+        return TextContext(torch.cat([p.c for p in parts]), kv, mask, grid)
 
     def repeat(self, n: int | list[int]) -> TextContext:
         """Each prompt's context n times in a row (n images per prompt; or n[i] for prompt i)."""
@@ -93,7 +125,17 @@ class TextContext:
             n = torch.tensor(n, device=self.c.device)
         return TextContext(self.c.repeat_interleave(n, 0),
                            [(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in self.kv],
-                           self.mask.repeat_interleave(n, 0))
+                           self.mask.repeat_interleave(n, 0),
+                           None if self.grid is None else self.grid.repeat_interleave(n, 0))
+
+
+def sinusoid(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """values [N] -> [N, dim]: cos then sin at frequencies 10000^(-i / (dim/2))."""
+    half = dim // 2
+    steps = torch.arange(half, dtype=torch.float32, device=values.device)
+    freqs = torch.exp(-math.log(10000.0) * steps / half)
+    angles = values.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -196,6 +238,11 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
         self.col_emb = nn.Parameter(torch.zeros(cfg.grid, cfg.dim))
         self.text_proj = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, cfg.dim))
         self.cond = nn.Sequential(nn.Linear(cfg.pooled_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        if cfg.micro_conds:
+            k = len(cfg.micro_conds) * MICRO_DIM
+            self.micro = nn.Sequential(nn.Linear(k, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        if cfg.low_res_grid:
+            self.low_emb = nn.Embedding(cfg.codebook_size, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, self.causal)
                                     for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
@@ -203,21 +250,73 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.codebook_size)
         init_adaln_zero(self, (self.tok_emb.weight, self.row_emb, self.col_emb))
         nn.init.normal_(self.head.weight, std=0.02)
+        # new conditions start switched off, so a model warm-started from one without them
+        # (train/warm_start.py) begins exactly where that model was
+        if cfg.micro_conds:
+            nn.init.zeros_(self.micro[2].weight)
+        if cfg.low_res_grid:
+            nn.init.zeros_(self.low_emb.weight)
 
     @property
     def mask_id(self) -> int:
         return self.config.mask_id
 
-    def prepare_text(self, text: TextEmbedding) -> TextContext:
-        return text_context(self, text)
+    def prepare_text(self, text: TextEmbedding, micro: torch.Tensor | None = None) -> TextContext:
+        """`micro` [B, len(micro_conds)] float, NaN = unknown (None: all unknown); models
+        without micro-conditions take None only."""
+        ctx = text_context(self, text)
+        names = self.config.micro_conds
+        if micro is None and not names:
+            return ctx
+        if not names:
+            raise ConfigError("micro-conditions given, but this model has none")
+        b = ctx.c.shape[0]
+        if micro is None:
+            micro = torch.full((b, len(names)), float("nan"))
+        if micro.shape != (b, len(names)):
+            raise ConfigError(f"micro-conditions have shape {tuple(micro.shape)}; accepted: "
+                              f"({b}, {len(names)}) for {', '.join(names)}")
+        micro = micro.to(ctx.c.device)
+        known = ~micro.isnan()
+        feats = sinusoid(micro.nan_to_num().flatten(), MICRO_DIM).view(b, len(names), MICRO_DIM)
+        feats = (feats * known[..., None]).flatten(1).to(ctx.c.dtype)
+        ctx.c = ctx.c + self.micro(feats)
+        return ctx
 
-    def forward(self, tokens: torch.Tensor, text: TextContext | TextEmbedding) -> torch.Tensor:
-        """tokens [B, H, W] long -> logits [B, H, W, codebook_size]."""
-        ctx = self.prepare_text(text) if isinstance(text, TextEmbedding) else text
+    def with_low_res(self, ctx: TextContext, low_res: torch.Tensor) -> TextContext:
+        """A super-resolution model's context: `ctx` (rows = images) + the low-res token grids
+        [B, g, g] embedded and nearest-upsampled onto the model's grid."""
+        g, lg = self.config.grid, self.config.low_res_grid
+        if not lg:
+            raise ConfigError("low_res tokens given, but this is not a super-resolution model")
+        b = ctx.c.shape[0]
+        if low_res.shape != (b, lg, lg) or low_res.is_floating_point():
+            raise ConfigError(f"low_res has shape {tuple(low_res.shape)}; accepted: integer token grids "
+                              f"({b}, {lg}, {lg})")
+        if low_res.min() < 0 or low_res.max() >= self.config.codebook_size:
+            raise ConfigError(f"low_res holds ids outside the codes 0..{self.config.codebook_size - 1}")
+        up = low_res.repeat_interleave(g // lg, 1).repeat_interleave(g // lg, 2)
+        return TextContext(ctx.c, ctx.kv, ctx.mask, self.low_emb(up.to(ctx.c.device).flatten(1)))
+
+    def context(self, text: TextEmbedding, micro: torch.Tensor | None = None,
+                low_res: torch.Tensor | None = None) -> TextContext:
+        """Everything a forward pass is conditioned on besides the tokens: the text (+ micro-
+        conditions), and for a super-resolution model the low-res grids (rows = images)."""
+        ctx = self.prepare_text(text, micro)
+        return self.with_low_res(ctx, low_res) if low_res is not None else ctx
+
+    def forward(self, tokens: torch.Tensor, text: TextContext | TextEmbedding,
+                micro: torch.Tensor | None = None, low_res: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, H, W] long -> logits [B, H, W, codebook_size]. `micro`, `low_res`: with a
+        TextEmbedding only (a TextContext already holds them), see `context`."""
+        ctx = self.context(text, micro, low_res) if isinstance(text, TextEmbedding) else text
         b, h, w = tokens.shape
         g = self.config.grid
         if h > g or w > g:
             raise ConfigError(f"token grid {h}x{w} is larger than the model's {g}x{g}")
+        if self.config.low_res_grid and (ctx.grid is None or (h, w) != (g, g)):
+            raise ConfigError(f"this super-resolution model predicts whole {g}x{g} grids from "
+                              f"{self.config.low_res_grid}x{self.config.low_res_grid} low_res tokens")
         return self.run(tokens.reshape(b, h * w), self.positions(h, w), ctx).view(b, h, w, -1)
 
     def positions(self, h: int, w: int) -> torch.Tensor:
@@ -228,6 +327,8 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
             caches: list[KVCache] | None = None) -> torch.Tensor:
         """ids [B, N] + position embeddings [N, dim] -> logits [B, N, codebook_size]."""
         x = self.tok_emb(ids) + pos
+        if ctx.grid is not None:
+            x = x + ctx.grid
         for i, (blk, kv) in enumerate(zip(self.blocks, ctx.kv, strict=True)):
             x = blk(x, ctx.c, kv, ctx.mask, None if caches is None else caches[i])
         shift, scale = self.ada_out(F.silu(ctx.c)).chunk(2, dim=-1)

@@ -19,7 +19,6 @@ sampler reuses them at every step.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +29,7 @@ from ..config import Config, check_range
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
-from .transformer import TextContext
+from .transformer import TextContext, sinusoid
 
 
 class ReferenceConfig(Config):
@@ -123,15 +122,6 @@ class UViTConfig(ReferenceConfig):
         return (f"aMUSEd U-ViT: width {self.hidden_size}, {self.num_hidden_layers} adaptive-norm transformer "
                 f"layers between ConvNeXt + cross-attention blocks of {self.block_out_channels} channels "
                 f"(x{self.num_res_blocks}){', 2x down/up sampling' if self.downsample else ''}")
-
-
-def sinusoid(values: torch.Tensor, dim: int) -> torch.Tensor:
-    """values [N] -> [N, dim]: cos then sin at frequencies 10000^(-i / (dim/2))."""
-    half = dim // 2
-    steps = torch.arange(half, dtype=torch.float32, device=values.device)
-    freqs = torch.exp(-math.log(10000.0) * steps / half)
-    angles = values.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
 def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:

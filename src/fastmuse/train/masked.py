@@ -12,6 +12,12 @@ A config whose model is an `ar_transformer` trains the autoregressive baseline t
 A `dit` model is the diffusion teacher: the same tokens become its continuous data (their
 codebook vectors, models/dit.py) and the loss is TrigFlow's flow loss (sampling/trigflow.py)
 at sCM's log-normal times.
+
+Conditions beyond the text (models/transformer.py): a model with `micro_conds` trains on a
+cache with views (images read at `read_resolution`, + `crops` random crops each, data/tokens.py)
+whose micro-conditions it sees, all dropped to unknown with `micro_dropout`; a
+super-resolution model (`low_res_grid`) reads, for each image, the tokens of the same image
+downscaled to low_res_grid * downsampling px. `init_from` warm-starts from a trained model.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from ..errors import ConfigError
 from ..models import TRANSFORMERS, DiT, DiTConfig, MMDiTConfig, Transformer, UViTConfig
 from ..models.autoregressive import ARTransformer, ARTransformerConfig
 from ..models.dit import latent_scale, token_latents
-from ..models.transformer import MaskedTransformerConfig
+from ..models.transformer import MICRO_CONDS, MaskedTransformerConfig
 from ..sampling.autoregressive import ar_sample
 from ..sampling.maskgit import maskgit_sample
 from ..sampling.trigflow import flow_loss, ode_sample, sample_time
@@ -44,6 +50,7 @@ from .log import JsonlLogger
 from .sampler import StepBatchSampler
 from .schedule import lr_at
 from .state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
+from .warm_start import warm_start
 
 SAMPLE_PROMPTS = ("red heart", "smiling face with sunglasses", "pizza", "a blue circle",
                   "two yellow stars", "a red square left of a green triangle", "rocket", "cat face")
@@ -72,6 +79,10 @@ class TransformerTrainConfig(Config):
     label_smoothing: float = 0.1
     caption_dropout: float = 0.1
     alt_caption_prob: float = 0.2  # use one of a sample's alternative captions
+    read_resolution: int = 0  # px the images are read at before views are made (0: model.resolution)
+    crops: int = 0  # random crop views per image (micro-conditioned models)
+    micro_dropout: float = 0.1  # drop a sample's micro-conditions to unknown
+    init_from: str = ""  # a transformer folder / bundled name to warm-start from ("": from scratch)
     ema_decay: float = 0.999
     log_every: int = 10
     eval_every: int = 250
@@ -87,8 +98,10 @@ class TransformerTrainConfig(Config):
         for name in ("batch_size", "steps", "grad_accum", "log_every", "eval_every", "save_every",
                      "keep_checkpoints", "sample_steps", "shapes_train", "shapes_val"):
             check_range(name, getattr(self, name), 1)
-        for name in ("caption_dropout", "alt_caption_prob", "label_smoothing", "ema_decay"):
+        for name in ("caption_dropout", "alt_caption_prob", "label_smoothing", "ema_decay", "micro_dropout"):
             check_range(name, getattr(self, name), 0.0, 1.0)
+        check_range("read_resolution", self.read_resolution, 0)
+        check_range("crops", self.crops, 0)
         check_range("lr", self.lr, 0.0)
         if not self.data:
             raise ConfigError("'data' is empty; accepted: one or more data sources")
@@ -140,10 +153,28 @@ def pick_captions(split: TokenSplit, idx: list[int], cfg: TransformerTrainConfig
     return torch.tensor(rows)
 
 
+def batch_conditions(mcfg, split: TokenSplit, low: TokenSplit | None, idx: list[int],
+                     gen: torch.Generator | None = None, dropout: float = 0.0) -> dict[str, torch.Tensor]:
+    """A masked model's inputs besides tokens and text for rows `idx` of `split`: `micro`
+    [B, K] (each row all-unknown with probability `dropout`) and `low_res` (rows of `low`)."""
+    cond = {}
+    names = getattr(mcfg, "micro_conds", ())
+    if names:
+        if split.micro is None:
+            raise ConfigError("the model has micro-conditions but the token cache holds none")
+        micro = split.micro[idx][:, [MICRO_CONDS.index(n) for n in names]]
+        if dropout:
+            micro[torch.rand(len(idx), generator=gen) < dropout] = float("nan")
+        cond["micro"] = micro
+    if getattr(mcfg, "low_res_grid", 0):
+        cond["low_res"] = low.tokens[idx]
+    return cond
+
+
 def masked_loss(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor, inputs: torch.Tensor,
-                text, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy and accuracy on the masked positions only."""
-    logits = model(inputs, text)[mask].float()
+                text, label_smoothing: float = 0.0, **cond) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy and accuracy on the masked positions only (`cond`: micro / low_res)."""
+    logits = model(inputs, text, **cond)[mask].float()
     target = tokens[mask]
     loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
     return loss, (logits.argmax(-1) == target).float().mean()
@@ -168,15 +199,15 @@ def diffusion_loss(model: torch.nn.Module, sigma_d: float, x0: torch.Tensor, tex
 
 
 def training_loss(model: torch.nn.Module, mcfg, x: torch.Tensor, text, gen: torch.Generator,
-                  label_smoothing: float, device) -> tuple[torch.Tensor, dict[str, float]]:
+                  label_smoothing: float, device, **cond) -> tuple[torch.Tensor, dict[str, float]]:
     """One batch's loss and what to log with it, for whichever family `mcfg` describes
-    (x: token ids, or for a DiT their latents)."""
+    (x: token ids, or for a DiT their latents; `cond`: micro / low_res of a masked model)."""
     if isinstance(mcfg, DiTConfig):
         loss = diffusion_loss(model, mcfg.sigma_d, x.to(device), text, gen)
         return loss, {"loss": loss.item()}
     inputs, mask = loss_inputs(x, mcfg, gen)
     loss, accuracy = masked_loss(model, x.to(device), mask.to(device), inputs.to(device), text,
-                                 label_smoothing)
+                                 label_smoothing, **cond)
     return loss, {"loss": loss.item(), "acc": accuracy.item()}
 
 
@@ -202,11 +233,12 @@ def evaluate_diffusion(model: DiT, tokenizer, split: TokenSplit, captions: Embed
 @torch.no_grad()
 def evaluate_masked(model: Transformer, split: TokenSplit, captions: EmbeddingCache,
                     groups: dict[str, range], batch_size: int = 64, seed: int = 1234,
-                    caption_row: int | None = None) -> dict[str, float]:
+                    caption_row: int | None = None, low: TokenSplit | None = None) -> dict[str, float]:
     """Held-out masked-token loss/accuracy with fixed masks (same every call), per group and
     overall; `acc50` masks exactly half of each grid. `caption_row` replaces every caption
     (e.g. the "" row: how much the text helps). An autoregressive model gets its next-token
-    loss/accuracy (teacher forcing) and no acc50."""
+    loss/accuracy (teacher forcing) and no acc50. A micro-conditioned model sees each row's
+    micro-conditions, a super-resolution model the rows of `low`."""
     out: dict[str, float] = {}
     causal = isinstance(model, ARTransformer)
     totals: dict[str, list[float]] = {k: [] for k in ("loss", "acc") + (() if causal else ("acc50",))}
@@ -218,7 +250,8 @@ def evaluate_masked(model: Transformer, split: TokenSplit, captions: EmbeddingCa
             tokens = split.tokens[idx]
             rows = torch.stack([split.caption_rows(i)[0] for i in idx])
             text = captions.lookup(rows if caption_row is None else torch.full_like(rows, caption_row))
-            ctx = model.prepare_text(text)
+            cond = batch_conditions(model.config, split, low, idx)
+            ctx = model.context(text, **cond) if cond else model.prepare_text(text)
             inputs, mask = loss_inputs(tokens, model.config, gen)
             loss, acc = masked_loss(model, tokens, mask, inputs, ctx)
             sums["loss"] += float(loss) * len(idx)
@@ -240,10 +273,15 @@ def evaluate_masked(model: Transformer, split: TokenSplit, captions: EmbeddingCa
 
 @torch.no_grad()
 def sample_grid(model: Transformer, tokenizer, encoder, prompts: tuple[str, ...], steps: int,
-                guidance: float, seed: int = 0):
+                guidance: float, seed: int = 0, low_res: torch.Tensor | None = None):
+    """One image per prompt (a super-resolution model: from the grids `low_res`, one per prompt)."""
     text = encoder.encode(list(prompts))
-    cond = model.prepare_text(text)
-    uncond = model.prepare_text(encoder.encode([""] * len(prompts)))
+    if low_res is not None:  # guidance drops the text only
+        cond = model.context(text, low_res=low_res)
+        uncond = model.context(encoder.encode([""] * len(prompts)), low_res=low_res)
+    else:
+        cond = model.prepare_text(text)
+        uncond = model.prepare_text(encoder.encode([""] * len(prompts)))
     gen = torch.Generator().manual_seed(seed)
     if isinstance(model, DiT):
         c = model.config
@@ -273,6 +311,35 @@ def val_groups(data: TokenData) -> dict[str, range]:
     """Val rows per source, named by the source ("emoji", "shapes0")."""
     names = [s.rstrip("/").split("/")[-1].replace(":", "") for s in data.info["sources"]]
     return {n: r for n, r in zip(names, source_ranges(data.info["counts"]["val"]), strict=True) if len(r)}
+
+
+def training_data(cfg: TransformerTrainConfig, tokenizer, encoder) -> tuple[TokenData, TokenData | None]:
+    """The token cache of `cfg` (with views if the model has micro-conditions or cfg asks for
+    them), and for a super-resolution model the low-res cache, row for row the same images."""
+    m = cfg.model
+    res = m.resolution
+    views = None
+    if getattr(m, "micro_conds", ()) or cfg.read_resolution or cfg.crops:
+        views = (cfg.read_resolution or res, cfg.crops)
+    data = build_token_data(list(cfg.data), tokenizer, encoder, res, cfg.cache_dir, cfg.shapes_train,
+                            cfg.shapes_val, tokenizer_id=cfg.tokenizer, views=views)
+    if not getattr(m, "low_res_grid", 0):
+        return data, None
+    if views is not None:
+        raise ConfigError("a super-resolution model trains on whole images: leave 'read_resolution' at 0 "
+                          "and 'crops' at 0")
+    low = build_token_data(list(cfg.data), tokenizer, encoder, m.low_res_grid * tokenizer.downsample,
+                           cfg.cache_dir, cfg.shapes_train, cfg.shapes_val, tokenizer_id=cfg.tokenizer,
+                           views=(res, 0))
+    if low.info["counts"] != data.info["counts"]:  # cannot happen unless a source changed in between
+        raise ConfigError(f"low-res cache {low.folder} does not pair with {data.folder}")
+    return data, low
+
+
+def grid_rows(groups: dict[str, range], n: int) -> list[int]:
+    """n val rows spread over the groups (a super-resolution run's sample grid)."""
+    rows = [i for r in groups.values() for i in r]
+    return [rows[round(k * (len(rows) - 1) / max(1, n - 1))] for k in range(n)]
 
 
 def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool = False,
@@ -306,8 +373,7 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
                               f"{cfg.text_encoder!r}: {e}") from None
     cfg = cfg.replace(model=mcfg)
     with acc.main_process_first():  # one process builds the cache, the others load it
-        data = build_token_data(list(cfg.data), tokenizer, encoder, resolution, cfg.cache_dir,
-                                cfg.shapes_train, cfg.shapes_val, tokenizer_id=cfg.tokenizer)
+        data, low = training_data(cfg, tokenizer, encoder)
     if diffusion:  # deterministic: a resumed run computes the same scale
         mcfg = mcfg.replace(latent_scale=latent_scale(tokenizer, data.train.tokens, mcfg.sigma_d))
         cfg = cfg.replace(model=mcfg)
@@ -319,6 +385,8 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
 
     torch.manual_seed(cfg.seed)
     model = TRANSFORMERS[mcfg.kind](mcfg).train()
+    if cfg.init_from and ckpt is None:
+        acc.print(warm_start(model, cfg.init_from))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -356,8 +424,10 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
                     batch = data.train.tokens[idx]
                     if diffusion:
                         batch = token_latents(tokenizer, batch, mcfg.latent_scale)
+                    cond = {} if diffusion else {k: v.to(acc.device) for k, v in batch_conditions(
+                        mcfg, data.train, low.train if low else None, idx, gen, cfg.micro_dropout).items()}
                     loss, metrics = training_loss(model, mcfg, batch, text, gen, cfg.label_smoothing,
-                                                  acc.device)
+                                                  acc.device, **cond)
                 acc.backward(loss)
                 if acc.sync_gradients:
                     logs["grad_norm"] = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
@@ -376,9 +446,15 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
                 metrics = evaluate_diffusion(ema, tokenizer, data.val, data.captions, groups)
                 logger.log({"step": done, **metrics})
             else:
-                logger.log({"step": done, **evaluate_masked(ema, data.val, data.captions, groups)})
-            sample_grid(ema, tokenizer, encoder, cfg.sample_prompts, cfg.sample_steps,
-                        cfg.sample_guidance).save(out / "samples" / f"step-{done:06d}.png")
+                logger.log({"step": done, **evaluate_masked(ema, data.val, data.captions, groups,
+                                                            low=low.val if low else None)})
+            prompts, low_res = cfg.sample_prompts, None
+            if low is not None:  # upsample val images' low-res tokens, with their captions
+                rows = grid_rows(groups, len(prompts))
+                prompts = tuple(data.captions.captions[int(data.val.caption_rows(i)[0])] for i in rows)
+                low_res = low.val.tokens[rows]
+            sample_grid(ema, tokenizer, encoder, prompts, cfg.sample_steps, cfg.sample_guidance,
+                        low_res=low_res).save(out / "samples" / f"step-{done:06d}.png")
         if done % cfg.save_every == 0 or done == end:
             acc.wait_for_everyone()
             if acc.is_main_process:

@@ -1,0 +1,55 @@
+"""Warm start: begin a training run from a trained model's weights (`init_from`).
+
+Every tensor whose name and shape match is copied. Learned position embeddings of another
+grid are resampled (area-averaged going down, linear going up): a 64 px model started from
+a 128 px one gets, for row i, the mean of the 128 px rows 2i and 2i + 1, which cover the
+same part of the image. Whatever the source lacks (micro-condition MLP, low-res embedding)
+keeps its fresh initialisation, which models/transformer.py makes a no-op at the start.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+POSITION_TABLES = ("row_emb", "col_emb")  # [grid, dim] learned per row / column
+
+
+def resample_rows(table: torch.Tensor, n: int) -> torch.Tensor:
+    """[g, dim] -> [n, dim] along the grid axis."""
+    mode = "area" if n < table.shape[0] else "linear"
+    kwargs = {} if mode == "area" else {"align_corners": False}
+    return F.interpolate(table.T[None], size=n, mode=mode, **kwargs)[0].T
+
+
+def warm_start(model: nn.Module, source: str) -> str:
+    """Copy `source`'s matching weights into `model` in place; returns a one-line summary."""
+    from ..models import load_transformer
+
+    src = load_transformer(source).state_dict()
+    own = model.state_dict()
+    copied, resampled = [], []
+    for name, value in own.items():
+        if name not in src:
+            continue
+        theirs = src[name]
+        if theirs.shape == value.shape:
+            copied.append(name)
+        elif name in POSITION_TABLES and theirs.shape[1:] == value.shape[1:]:
+            theirs = resample_rows(theirs, value.shape[0])
+            resampled.append(name)
+        else:
+            raise ConfigError(f"init_from {source!r}: {name} has shape {tuple(theirs.shape)}, the model's is "
+                              f"{tuple(value.shape)}; accepted: a model of the same dim, depth, codebook "
+                              "and text encoder")
+        own[name] = theirs.to(value.dtype)
+    if not copied:
+        raise ConfigError(f"init_from {source!r}: no weight matches the model's")
+    model.load_state_dict(own)
+    fresh = [n for n in own if n not in src]
+    return (f"warm start from {source}: {len(copied) + len(resampled)} tensors copied"
+            + (f" ({', '.join(resampled)} resampled)" if resampled else "")
+            + (f"; new: {', '.join(sorted({n.split('.')[0] for n in fresh}))}" if fresh else ""))
