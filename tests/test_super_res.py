@@ -14,6 +14,7 @@ from fastmuse.pipeline import Pipeline, SamplerDefaults, check_stages
 from fastmuse.text import load_text_encoder
 from fastmuse.text.encoders import TextEmbedding
 from fastmuse.tokenizer import VQTokenizer
+from fastmuse.train.export import export_run
 from fastmuse.train.masked import TransformerTrainConfig, train_transformer
 from fastmuse.train.warm_start import warm_start
 from helpers import assert_resumes_exactly, tiny_dataset, tiny_text_encoder, tiny_tokenizer
@@ -226,6 +227,11 @@ def test_trains_a_micro_conditioned_base_from_views(parts, tmp_path):
     assert len(data.train) == 2 * 12 and data.train.tokens.shape[1:] == (8, 8)
     assert data.train.micro[0::2, :3].tolist() == [[16.0, 0.0, 0.0]] * 12  # whole views, then a crop each
     assert (data.train.micro[1::2, 0] > 16).all()
+    card = export_run(tmp_path / "run", tmp_path / "m", "tiny-base")
+    micro = Pipeline.from_pretrained(card).defaults.micro
+    assert list(micro) == list(MICRO) and micro["orig_size"] == 16.0 and micro["crop_top"] == 0.0
+    assert micro["score"] == pytest.approx(float(data.train.micro[0::2, 3].median()), abs=0.05)
+    assert "## Micro-conditions" in (card / "README.md").read_text()
 
 
 def test_super_resolution_run_resumes_exactly(parts, tmp_path):
@@ -238,5 +244,8 @@ def test_super_resolution_run_resumes_exactly(parts, tmp_path):
     out = assert_resumes_exactly(train, cfg, tmp_path, ("model", "ema"))
     trained = MaskedTransformer.from_pretrained(out / "transformer")
     assert trained.config.low_res_grid == 8 and trained.low_emb.weight.abs().sum() > 0  # it learned from them
+    card = export_run(out, tmp_path / "m", "tiny-sr", defaults=SamplerDefaults(steps=2, guidance=1.0))
+    text = (card / "README.md").read_text()
+    assert "## Super-resolution" in text and "--stages BASE tiny-sr" in text and "acc50" in text
     with pytest.raises(ConfigError, match="whole images"):
         train_transformer(cfg.replace(crops=1), tmp_path / "c")

@@ -15,7 +15,15 @@ from ..models import ARTransformer, DiT, load_transformer
 from ..pipeline import Pipeline, SamplerDefaults
 from ..text.encoders import load_text_encoder
 from ..tokenizer import VQTokenizer
-from .masked import SAMPLE_PROMPTS, TransformerTrainConfig, evaluate_diffusion, evaluate_masked, val_groups
+from .masked import (
+    SAMPLE_PROMPTS,
+    TransformerTrainConfig,
+    evaluate_diffusion,
+    evaluate_masked,
+    grid_rows,
+    training_data,
+    val_groups,
+)
 from .plot import plot_curves
 
 CARD_PROMPTS = SAMPLE_PROMPTS  # the prompts the run's sample grids showed
@@ -24,22 +32,19 @@ CARD_PROMPTS = SAMPLE_PROMPTS  # the prompts the run's sample grids showed
 def heldout_accuracy(model: str | Path, config: str | Path) -> dict:
     """Val-split masked-token loss/accuracy of `model` on the data of training config `config`,
     with the captions and with every caption replaced by "" (what the text adds)."""
-    from ..data.tokens import build_token_data
-
     cfg = TransformerTrainConfig.load(config)
     m = load_transformer(model)
     tokenizer = VQTokenizer.from_pretrained(cfg.tokenizer)
-    data = build_token_data(list(cfg.data), tokenizer, load_text_encoder(cfg.text_encoder),
-                            m.config.resolution, cfg.cache_dir, cfg.shapes_train, cfg.shapes_val,
-                            tokenizer_id=cfg.tokenizer)
+    data, low = training_data(cfg.replace(model=m.config), tokenizer, load_text_encoder(cfg.text_encoder))
     groups = val_groups(data)
     if isinstance(m, DiT):  # held-out flow loss at fixed times and noise
         return {"model": str(model), "config": str(config),
                 "val_counts": {k: len(r) for k, r in groups.items()},
                 "with_captions": evaluate_diffusion(m, tokenizer, data.val, data.captions, groups)}
-    with_text = evaluate_masked(m, data.val, data.captions, groups)
+    low = low.val if low else None
+    with_text = evaluate_masked(m, data.val, data.captions, groups, low=low)
     empty = int(data.captions.rows([""])[0])
-    without = evaluate_masked(m, data.val, data.captions, groups, caption_row=empty)
+    without = evaluate_masked(m, data.val, data.captions, groups, caption_row=empty, low=low)
     return {"model": str(model), "config": str(config), "val_counts": {k: len(r) for k, r in groups.items()},
             "chance_acc": 1 / m.config.codebook_size, "with_captions": with_text, "empty_captions": without}
 
@@ -63,13 +68,24 @@ def export_run(run: str | Path, out: str | Path, name: str, notes: str = "",
         defaults = dataclasses.replace(defaults, steps=model.config.grid ** 2)
     pipe = Pipeline(model, VQTokenizer.from_pretrained(cfg.tokenizer), load_text_encoder(cfg.text_encoder),
                     defaults)
+    mc = model.config
+    data, low = ((None, None) if not (mc.micro_conds or mc.low_res_grid) else
+                 training_data(cfg, pipe.tokenizer, pipe.text_encoder))
+    if mc.micro_conds and pipe.defaults.micro is None:
+        pipe.defaults = dataclasses.replace(pipe.defaults, micro=default_micro(mc, data, cfg))
     d = pipe.defaults
-    images = pipe(list(CARD_PROMPTS), n=4, seed=0)
-    grid = make_grid(images, ncols=8, captions=[p for p in CARD_PROMPTS for _ in range(4)])
+    if mc.low_res_grid:
+        grid, grid_line = super_res_grid(pipe, data, low, name)
+    else:
+        images = pipe(list(CARD_PROMPTS), n=4, seed=0)
+        grid = make_grid(images, ncols=8, captions=[p for p in CARD_PROMPTS for _ in range(4)])
+        grid_line = (f"Prompts above (seed 0, {d.steps} steps, guidance {d.guidance}{{order}}), 4 images "
+                     "each:\n"
+                     f"`fastmuse generate {' '.join(repr(p) for p in CARD_PROMPTS[:2])} ... --n 4 --seed 0 "
+                     f"--model {name}`.")
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x]
     ev = heldout_accuracy(run / "transformer", run / "config.json")
     params = sum(p.numel() for p in model.parameters())
-    mc = model.config
     w, e = ev["with_captions"], ev["empty_captions"]
     groups = list(ev["val_counts"])
     acc50 = (lambda k: "") if ar else (lambda k: f" {w[k]:.3f} |")  # noqa: E731
@@ -77,6 +93,10 @@ def export_run(run: str | Path, out: str | Path, name: str, notes: str = "",
                      f"{w[f'val_loss_{g}']:.3f} | {e[f'val_acc_{g}']:.3f} |" for g in groups)
     last = next(r for r in reversed(records) if "loss" in r)
     order = ", raster order" if ar else f", {d.schedule} schedule"
+    grid_line = grid_line.replace("{order}", order)
+    origin = (f"Warm-started from `{cfg.init_from}` (matching weights copied, position embeddings "
+              "resampled to the grid; the new condition layers start as no-ops), then trained"
+              if cfg.init_from else "Trained from scratch")
     kind, what, extra_id, objective, heldout = (
         ("autoregressive baseline", f"""\
 A causal transformer of the same size, text conditioning and training as the masked
@@ -88,7 +108,7 @@ evaluation suite compares parallel decoding with. Trained from scratch on a 2-co
         ("masked text-to-image transformer", f"""\
 A Muse-style masked image transformer that turns a prompt into {mc.grid}x{mc.grid} tokens of
 the `{mc.tokenizer}` VQ tokenizer ({mc.resolution} px), decoded by MaskGIT parallel decoding
-with classifier-free guidance. Trained from scratch on a 2-core CPU by fastmuse.""",
+with classifier-free guidance. {origin} on a 2-core CPU by fastmuse.""",
          "MASK", "cosine mask-ratio schedule, loss on masked tokens only",
          "Masked-token accuracy with fixed masks; `acc`: cosine-schedule mask ratios, `acc50`: half\n"
          "of each grid masked"))
@@ -98,9 +118,8 @@ with classifier-free guidance. Trained from scratch on a 2-core CPU by fastmuse.
 
 ![samples](grid.png)
 
-Prompts above (seed 0, {d.steps} steps, guidance {d.guidance}{order}), 4 images each:
-`fastmuse generate {' '.join(repr(p) for p in CARD_PROMPTS[:2])} ... --n 4 --seed 0 --model {name}`.
-
+{grid_line}
+{conditions_text(mc, cfg, d, name)}
 ## Model
 - {params / 1e6:.1f}M parameters: {mc.describe()}; {mc.codebook_size}-way logits (+1 {extra_id} id).
 - Text encoder: `{mc.text_encoder}` ({mc.text_dim}-d token states, {mc.pooled_dim}-d pooled), frozen.
@@ -111,7 +130,7 @@ Prompts above (seed 0, {d.steps} steps, guidance {d.guidance}{order}), 4 images 
 {", ".join(f"`{s}` x{k}" for s, k in zip(cfg.data, cfg.repeats, strict=True))} (repeats = times each
 sample appears per epoch); shapes streams give {cfg.shapes_train} train scenes each. Emoji captions:
 the CLDR name, or with probability {cfg.alt_caption_prob} one of its alternative names; captions
-dropped to "" with probability {cfg.caption_dropout} (for classifier-free guidance).
+dropped to "" with probability {cfg.caption_dropout} (for classifier-free guidance).{views_text(cfg)}
 
 ## Training
 {cfg.steps} steps x batch {cfg.batch_size} (x{cfg.grad_accum} accumulation), AdamW lr {cfg.lr}
@@ -147,6 +166,71 @@ fastmuse transformer export --run runs/{name} --out src/fastmuse/assets/{name}
                                               "token accuracy")),
              "metrics.jsonl": (run / "metrics.jsonl").read_bytes()}
     return pipe.save_pretrained(out, card=card, extra_files=files)
+
+
+def default_micro(mc, data, cfg: TransformerTrainConfig) -> dict[str, float]:
+    """Sampling defaults of the micro-conditions: the whole image at the model's resolution, and
+    the median score of the training images' whole views."""
+    whole = data.train.micro[::1 + cfg.crops]
+    values = {"orig_size": float(mc.resolution), "crop_top": 0.0, "crop_left": 0.0,
+              "score": round(float(whole[:, 3].median()), 1)}
+    return {k: values[k] for k in mc.micro_conds}
+
+
+def views_text(cfg: TransformerTrainConfig) -> str:
+    if not (cfg.read_resolution or cfg.crops):
+        return ""
+    read = cfg.read_resolution or cfg.model.resolution
+    return (f"\nViews: every image read at {read} px and stored as its whole view plus {cfg.crops} random "
+            f"crop(s) of 50-90% of its side, each resized to {cfg.model.resolution} px (data/tokens.py).")
+
+
+def conditions_text(mc, cfg: TransformerTrainConfig, d: SamplerDefaults, name: str) -> str:
+    """The card's section on micro-conditions / the super-resolution input ("" for neither)."""
+    out = ""
+    if mc.micro_conds:
+        out += f"""
+## Micro-conditions
+{", ".join(f"`{m}`" for m in mc.micro_conds)}: each a 64-d sinusoid, through an MLP added to the
+pooled-text conditioning. `orig_size` is the px size of the whole image at the scale of what the
+model sees, (`crop_top`, `crop_left`) the corner of the {mc.resolution} px window in it (a whole
+view: {mc.resolution}, 0, 0); `score` is its colourfulness (Hasler & Suesstrunk 2003, 0 for grey,
+about 60 for a typical training emoji). Training dropped all of an image's to unknown with
+probability {cfg.micro_dropout}, so `none` (unknown) is allowed too. Defaults (`sampler.json`):
+{json.dumps(d.micro)}, the whole image at median colourfulness. Steer, e.g.:
+`fastmuse generate 'red heart' --model {name} --micro score=100` (more vivid) or
+`--micro orig_size=110 --micro crop_top=23 --micro crop_left=23` (a zoomed-in centre window).
+"""
+    if mc.low_res_grid:
+        lo = mc.resolution * mc.low_res_grid // mc.grid
+        out += f"""
+## Super-resolution
+Input: the {mc.low_res_grid}x{mc.low_res_grid} token grid of a {lo} px image (`low_res`), embedded and
+added to the {mc.grid // mc.low_res_grid}x{mc.grid // mc.low_res_grid} block of positions each token
+covers, plus the text (guidance drops the text only). Training pairs: every training image's
+{mc.resolution} px tokens and the tokens of the same image downscaled to {lo} px (bicubic, antialiased).
+Use it after a {lo} px base model: `fastmuse generate 'red heart' --stages BASE {name}`
+(`fastmuse generate --help`); alone it refuses to run.
+"""
+    return out
+
+
+def super_res_grid(pipe: Pipeline, data, low, name: str, n: int = 8):
+    """Val images: low-res tokens decoded (upscaled for display) / this model's output / the
+    full-resolution tokens decoded."""
+    rows = grid_rows(val_groups(data), n)
+    prompts = [data.captions.captions[int(data.val.caption_rows(i)[0])] for i in rows]
+    out = pipe.generate_tokens(prompts, seed=0, low_res=low.val.tokens[rows])
+    size = (pipe.resolution, pipe.resolution)
+    small = [im.resize(size) for im in pipe.decode(low.val.tokens[rows])]
+    images = small + pipe.decode(out) + pipe.decode(data.val.tokens[rows])
+    captions = prompts + ["upsampled"] * n + ["original"] * n
+    lo = pipe.transformer.config.low_res_grid * pipe.tokenizer.downsample
+    line = (f"Top: {n} val images (never trained on) as {lo} px tokens, decoded (and resized for "
+            f"display); middle: {name}'s upsampling of those tokens with their captions (seed 0, "
+            f"{pipe.defaults.steps} steps, guidance {pipe.defaults.guidance}); bottom: the "
+            f"{pipe.resolution} px originals' tokens decoded.")
+    return make_grid(images, ncols=n, captions=captions), line
 
 
 def export_diffusion_run(run: Path, cfg: TransformerTrainConfig, model: DiT, out: str | Path, name: str,
