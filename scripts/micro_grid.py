@@ -34,7 +34,8 @@ def main() -> None:
     for prompt in PROMPTS:
         for z in ZOOMS:
             corner = (z - 64) / 2
-            images += pipe(prompt, seed=a.seed, micro={"orig_size": z, "crop_top": corner, "crop_left": corner})
+            window = {"orig_size": z, "crop_top": corner, "crop_left": corner}
+            images += pipe(prompt, seed=a.seed, micro=window)
             captions.append(f"{prompt[:12]}: size {z}")
     make_grid(images, ncols=len(SCORES), captions=captions).save(a.out)
     print(f"wrote {a.out}")

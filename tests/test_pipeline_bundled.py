@@ -73,3 +73,32 @@ def test_diffusion_teacher_and_dmd_student_bundled():
     assert teacher("a red circle", steps=2)[0].size == student("a red circle")[0].size == (128, 128)
     with pytest.raises(ConfigError, match="1-step student takes 1"):
         student("a red circle", steps=4)
+
+
+def test_two_stage_chain_bundled():
+    """muse-64 -> muse-sr-128: 128 px images that keep the colour the base drew; the chains the
+    bundled models allow are listed when a wrong one is asked for."""
+    for name in ("muse-64", "muse-sr-128"):
+        assert {"README.md", "sampler.json", "grid.png", "eval.json"} <= set(load_checkpoint(name).files)
+    pipe = Pipeline.from_stages(["muse-64", "muse-sr-128"])
+    images = pipe("a blue circle", n=2, seed=0)
+    assert [im.size for im in images] == [(128, 128)] * 2
+    assert [dominant_colour(im) for im in images] == ["blue", "blue"]
+    with pytest.raises(ConfigError, match="Supported: muse-64 muse-sr-128"):
+        Pipeline.from_stages(["muse-128", "muse-sr-128"])
+    with pytest.raises(ConfigError, match="super-resolution stage"):
+        Pipeline.from_pretrained("muse-sr-128")("a blue circle")
+
+
+def test_score_micro_condition_steers_colourfulness():
+    """muse-64's `score` is colourfulness: asking for 120 gives more colourful images than 0."""
+    from fastmuse.data.images import to_tensor
+    from fastmuse.data.tokens import colourfulness
+
+    base = Pipeline.from_pretrained("muse-64")
+
+    def mean_score(score):
+        images = base(["red heart", "pizza"], n=4, seed=0, micro={"score": score})
+        return np.mean([colourfulness(to_tensor(im)) for im in images])
+
+    assert mean_score(120) > mean_score(0) + 15

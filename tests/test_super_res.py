@@ -201,7 +201,8 @@ def test_bundled_chain_is_listed_in_errors():
 
 def test_cli_stages_and_micro(stages, tmp_path, capsys):
     out = tmp_path / "x.png"
-    main(["generate", "a", "--stages", stages["base"], stages["sr"], "--micro", "score=80", "--output", str(out)])
+    main(["generate", "a", "--stages", stages["base"], stages["sr"], "--micro", "score=80",
+          "--output", str(out)])
     assert out.is_file() and "32px" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["generate", "a", "--micro", "score", "--output", str(out)])
@@ -213,8 +214,8 @@ def parts(tmp_path_factory):
     root = tmp_path_factory.mktemp("parts")
     return dict(data=(str(tiny_dataset(root / "d", n=16, size=32)),), repeats=(1,),
                 tokenizer=str(tiny_tokenizer(root / "tok")), text_encoder=str(tiny_text_encoder(root / "te")),
-                cache_dir=str(root / "cache"), batch_size=4, steps=4, warmup_steps=1, log_every=1, eval_every=2,
-                save_every=2, sample_steps=2, sample_prompts=("a red square", "a blue square"))
+                cache_dir=str(root / "cache"), batch_size=4, steps=4, warmup_steps=1, log_every=1,
+                eval_every=2, save_every=2, sample_steps=2, sample_prompts=("a red square", "a blue square"))
 
 
 def test_trains_a_micro_conditioned_base_from_views(parts, tmp_path):

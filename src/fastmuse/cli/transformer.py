@@ -30,7 +30,8 @@ def cmd_export(a: argparse.Namespace) -> None:
     from ..train.export import export_run
 
     out = export_run(a.run, a.out, name=a.name or Path(a.out).name, notes=a.notes,
-                     defaults=SamplerDefaults(steps=a.steps, guidance=a.guidance, top_k=a.top_k))
+                     defaults=SamplerDefaults(steps=a.steps, guidance=a.guidance, top_k=a.top_k,
+                                              temperature=a.temperature))
     print(f"wrote {out}")
 
 
@@ -62,6 +63,8 @@ def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAct
     x.add_argument("--steps", type=positive("--steps"), default=12,
                    help="default decoding steps (autoregressive models: always one per token)")
     x.add_argument("--guidance", type=float, default=3.0, help="default guidance scale")
+    x.add_argument("--temperature", type=bounded("--temperature", float, 0.0, None), default=1.0,
+                   help="default sampling temperature (default 1)")
     x.add_argument("--top-k", type=bounded("--top-k", int, 0, None), default=0,
                    help="default top-k of an autoregressive model (0: all codes)")
     x.set_defaults(func=cmd_export)

@@ -194,8 +194,8 @@ def conditions_text(mc, cfg: TransformerTrainConfig, d: SamplerDefaults, name: s
 {", ".join(f"`{m}`" for m in mc.micro_conds)}: each a 64-d sinusoid, through an MLP added to the
 pooled-text conditioning. `orig_size` is the px size of the whole image at the scale of what the
 model sees, (`crop_top`, `crop_left`) the corner of the {mc.resolution} px window in it (a whole
-view: {mc.resolution}, 0, 0); `score` is its colourfulness (Hasler & Suesstrunk 2003, 0 for grey,
-about 60 for a typical training emoji). Training dropped all of an image's to unknown with
+view: {mc.resolution}, 0, 0); `score` is its colourfulness (Hasler & Suesstrunk 2003: 0 for grey,
+higher for more vivid colour; data/tokens.py). Training dropped all of an image's to unknown with
 probability {cfg.micro_dropout}, so `none` (unknown) is allowed too. Defaults (`sampler.json`):
 {json.dumps(d.micro)}, the whole image at median colourfulness. Steer, e.g.:
 `fastmuse generate 'red heart' --model {name} --micro score=100` (more vivid) or
