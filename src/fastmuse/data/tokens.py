@@ -20,7 +20,7 @@ same; the splits then also hold `micro` [N, 4], the micro-conditions of each row
     crop_top, crop_left   the window's corner in that image, px
     score      colourfulness (Hasler & Suesstrunk 2003) of the row's image on 0..255 RGB:
                std + 0.3 * mean of the opponent channels rg = R - G, yb = (R + G) / 2 - B;
-               about 0 for grey, 20-60 for our emoji and shapes (a measure of vividness)
+               0 for grey; median 55, 95th percentile 107 over our emoji and shapes views
 
 Row i * (1 + crops) + k of a source is its image i's view k (0: whole), so a `views=(R, 0)`
 cache at 64 px pairs row for row with the R px cache (super-resolution data).
