@@ -37,6 +37,7 @@ from .fast import check_precision, compile_forward, inference, quantize_int8
 from .hub import BUNDLED_DIR, bundled_models, resolve
 from .models import ARTransformer, DiT, MaskedTransformer, TextContext, load_transformer
 from .models.from_diffusers import load_diffusers_transformer
+from .models.transformer import low_res_grid, micro_names
 from .sampling.autoregressive import ar_sample, check_ar_args
 from .sampling.maskgit import Generators, check_sampler_args, guided_steps, maskgit_sample, random
 from .sampling.one_step import check_one_step_args, one_step_sample
@@ -228,7 +229,7 @@ class Pipeline(EditingMixin):
     def micro_values(self, micro: dict[str, float | None] | None) -> torch.Tensor | None:
         """[1, K] micro-conditions: `micro` over the model's defaults (None = unknown); None for
         a model without them."""
-        names = getattr(self.transformer.config, "micro_conds", ())
+        names = micro_names(self.transformer.config)
         if not names:
             if micro:
                 raise ConfigError("micro: this model has no micro-conditions")
@@ -323,7 +324,7 @@ class Pipeline(EditingMixin):
         else:
             cond = m.prepare_text(text, values.expand(len(prompts), -1)).repeat(counts)
         uncond = self.uncond(values).repeat(sum(counts)) if guidance > 0 else None
-        if getattr(m.config, "low_res_grid", 0) or low_res is not None:
+        if low_res_grid(m.config) or low_res is not None:
             cond, uncond = self._with_low_res(cond, uncond, low_res)
         return SamplingRun(m, cond, uncond, steps, guidance, opts, generator)
 
@@ -438,7 +439,7 @@ def check_stages(configs: list, names: list[str]) -> None:
     super-resolution model of the previous one's grid and tokenizer."""
     chains = "; ".join(" ".join(c) for c in supported_stages()) or "none bundled"
     for i, (cfg, name) in enumerate(zip(configs, names, strict=True)):
-        low = getattr(cfg, "low_res_grid", 0)
+        low = low_res_grid(cfg)
         if i == 0:
             if low:
                 raise ConfigError(f"stages: {name} is a super-resolution model; a chain starts with a "

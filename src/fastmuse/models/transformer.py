@@ -94,6 +94,17 @@ class MaskedTransformerConfig(Config):
                 f"modulation from the pooled text{micro}; learned row + column position embeddings{low}")
 
 
+def micro_names(cfg: Config) -> tuple[str, ...]:
+    """A config's named micro-condition inputs: () but for our masked transformer (aMUSEd's UViT
+    config has a `micro_conds` too, but of fixed values, not inputs)."""
+    return cfg.micro_conds if isinstance(cfg, MaskedTransformerConfig) else ()
+
+
+def low_res_grid(cfg: Config) -> int:
+    """The low-res grid a super-resolution config upsamples (0: a text-to-image model)."""
+    return cfg.low_res_grid if isinstance(cfg, MaskedTransformerConfig) else 0
+
+
 @dataclass
 class TextContext:
     """What a forward pass needs from the text, computed once per prompt batch."""

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from ..data.images import make_grid
-from ..models import ARTransformer, DiT, load_transformer
+from ..models import ARTransformer, DiT, MaskedTransformerConfig, load_transformer
 from ..pipeline import Pipeline, SamplerDefaults
 from ..text.encoders import load_text_encoder
 from ..tokenizer import VQTokenizer
@@ -69,12 +69,13 @@ def export_run(run: str | Path, out: str | Path, name: str, notes: str = "",
     pipe = Pipeline(model, VQTokenizer.from_pretrained(cfg.tokenizer), load_text_encoder(cfg.text_encoder),
                     defaults)
     mc = model.config
-    data, low = ((None, None) if not (mc.micro_conds or mc.low_res_grid) else
+    conditioned = isinstance(mc, MaskedTransformerConfig) and (mc.micro_conds or mc.low_res_grid)
+    data, low = ((None, None) if not conditioned else
                  training_data(cfg, pipe.tokenizer, pipe.text_encoder))
-    if mc.micro_conds and pipe.defaults.micro is None:
+    if conditioned and mc.micro_conds and pipe.defaults.micro is None:
         pipe.defaults = dataclasses.replace(pipe.defaults, micro=default_micro(mc, data, cfg))
     d = pipe.defaults
-    if mc.low_res_grid:
+    if conditioned and mc.low_res_grid:
         grid, grid_line = super_res_grid(pipe, data, low, name)
     else:
         images = pipe(list(CARD_PROMPTS), n=4, seed=0)
@@ -188,6 +189,8 @@ def views_text(cfg: TransformerTrainConfig) -> str:
 def conditions_text(mc, cfg: TransformerTrainConfig, d: SamplerDefaults, name: str) -> str:
     """The card's section on micro-conditions / the super-resolution input ("" for neither)."""
     out = ""
+    if not isinstance(mc, MaskedTransformerConfig):  # UViT's micro_conds are fixed values
+        return out
     if mc.micro_conds:
         out += f"""
 ## Micro-conditions

@@ -40,7 +40,7 @@ from ..errors import ConfigError
 from ..models import TRANSFORMERS, DiT, DiTConfig, MMDiTConfig, Transformer, UViTConfig
 from ..models.autoregressive import ARTransformer, ARTransformerConfig
 from ..models.dit import latent_scale, token_latents
-from ..models.transformer import MICRO_CONDS, MaskedTransformerConfig
+from ..models.transformer import MICRO_CONDS, MaskedTransformerConfig, low_res_grid, micro_names
 from ..sampling.autoregressive import ar_sample
 from ..sampling.maskgit import maskgit_sample
 from ..sampling.trigflow import flow_loss, ode_sample, sample_time
@@ -158,7 +158,7 @@ def batch_conditions(mcfg, split: TokenSplit, low: TokenSplit | None, idx: list[
     """A masked model's inputs besides tokens and text for rows `idx` of `split`: `micro`
     [B, K] (each row all-unknown with probability `dropout`) and `low_res` (rows of `low`)."""
     cond = {}
-    names = getattr(mcfg, "micro_conds", ())
+    names = micro_names(mcfg)
     if names:
         if split.micro is None:
             raise ConfigError("the model has micro-conditions but the token cache holds none")
@@ -166,7 +166,7 @@ def batch_conditions(mcfg, split: TokenSplit, low: TokenSplit | None, idx: list[
         if dropout:
             micro[torch.rand(len(idx), generator=gen) < dropout] = float("nan")
         cond["micro"] = micro
-    if getattr(mcfg, "low_res_grid", 0):
+    if low_res_grid(mcfg):
         cond["low_res"] = low.tokens[idx]
     return cond
 
@@ -319,11 +319,11 @@ def training_data(cfg: TransformerTrainConfig, tokenizer, encoder) -> tuple[Toke
     m = cfg.model
     res = m.resolution
     views = None
-    if getattr(m, "micro_conds", ()) or cfg.read_resolution or cfg.crops:
+    if micro_names(m) or cfg.read_resolution or cfg.crops:
         views = (cfg.read_resolution or res, cfg.crops)
     data = build_token_data(list(cfg.data), tokenizer, encoder, res, cfg.cache_dir, cfg.shapes_train,
                             cfg.shapes_val, tokenizer_id=cfg.tokenizer, views=views)
-    if not getattr(m, "low_res_grid", 0):
+    if not low_res_grid(m):
         return data, None
     if views is not None:
         raise ConfigError("a super-resolution model trains on whole images: leave 'read_resolution' at 0 "
