@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from ..data.images import make_grid
-from ..models import ARTransformer, DiT, MaskedTransformerConfig, load_transformer
+from ..models import ARTransformer, DiT, load_transformer
+from ..models.transformer import low_res_grid, micro_names
 from ..pipeline import Pipeline, SamplerDefaults
 from ..text.encoders import load_text_encoder
 from ..tokenizer import VQTokenizer
@@ -69,13 +70,12 @@ def export_run(run: str | Path, out: str | Path, name: str, notes: str = "",
     pipe = Pipeline(model, VQTokenizer.from_pretrained(cfg.tokenizer), load_text_encoder(cfg.text_encoder),
                     defaults)
     mc = model.config
-    conditioned = isinstance(mc, MaskedTransformerConfig) and (mc.micro_conds or mc.low_res_grid)
-    data, low = ((None, None) if not conditioned else
+    data, low = ((None, None) if not (micro_names(mc) or low_res_grid(mc)) else
                  training_data(cfg, pipe.tokenizer, pipe.text_encoder))
-    if conditioned and mc.micro_conds and pipe.defaults.micro is None:
+    if micro_names(mc) and pipe.defaults.micro is None:
         pipe.defaults = dataclasses.replace(pipe.defaults, micro=default_micro(mc, data, cfg))
     d = pipe.defaults
-    if conditioned and mc.low_res_grid:
+    if low_res_grid(mc):
         grid, grid_line = super_res_grid(pipe, data, low, name)
     else:
         images = pipe(list(CARD_PROMPTS), n=4, seed=0)
@@ -189,9 +189,7 @@ def views_text(cfg: TransformerTrainConfig) -> str:
 def conditions_text(mc, cfg: TransformerTrainConfig, d: SamplerDefaults, name: str) -> str:
     """The card's section on micro-conditions / the super-resolution input ("" for neither)."""
     out = ""
-    if not isinstance(mc, MaskedTransformerConfig):  # UViT's micro_conds are fixed values
-        return out
-    if mc.micro_conds:
+    if micro_names(mc):
         out += f"""
 ## Micro-conditions
 {", ".join(f"`{m}`" for m in mc.micro_conds)}: each a 64-d sinusoid, through an MLP added to the
@@ -204,7 +202,7 @@ probability {cfg.micro_dropout}, so `none` (unknown) is allowed too. Defaults (`
 `fastmuse generate 'red heart' --model {name} --micro score=100` (more vivid) or
 `--micro orig_size=110 --micro crop_top=23 --micro crop_left=23` (a zoomed-in centre window).
 """
-    if mc.low_res_grid:
+    if low_res_grid(mc):
         lo = mc.resolution * mc.low_res_grid // mc.grid
         out += f"""
 ## Super-resolution
@@ -221,8 +219,7 @@ Use it after a {lo} px base model: `fastmuse generate 'red heart' --stages BASE 
 def super_res_grid(pipe: Pipeline, data, low, name: str, n: int = 8):
     """Val images: low-res tokens decoded (upscaled for display) / this model's output / the
     full-resolution tokens decoded."""
-    rows = grid_rows(val_groups(data), n)
-    prompts = [data.captions.captions[int(data.val.caption_rows(i)[0])] for i in rows]
+    rows, prompts = grid_rows(data, n)
     out = pipe.generate_tokens(prompts, seed=0, low_res=low.val.tokens[rows])
     size = (pipe.resolution, pipe.resolution)
     small = [im.resize(size) for im in pipe.decode(low.val.tokens[rows])]

@@ -336,10 +336,12 @@ def training_data(cfg: TransformerTrainConfig, tokenizer, encoder) -> tuple[Toke
     return data, low
 
 
-def grid_rows(groups: dict[str, range], n: int) -> list[int]:
-    """n val rows spread over the groups (a super-resolution run's sample grid)."""
-    rows = [i for r in groups.values() for i in r]
-    return [rows[round(k * (len(rows) - 1) / max(1, n - 1))] for k in range(n)]
+def grid_rows(data: TokenData, n: int) -> tuple[list[int], list[str]]:
+    """n val rows spread over the sources and their main captions (what a super-resolution
+    model's sample grids upsample)."""
+    rows = [i for r in val_groups(data).values() for i in r]
+    picked = [rows[round(k * (len(rows) - 1) / max(1, n - 1))] for k in range(n)]
+    return picked, [data.captions.captions[int(data.val.caption_rows(i)[0])] for i in picked]
 
 
 def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool = False,
@@ -450,9 +452,8 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
                                                             low=low.val if low else None)})
             prompts, low_res = cfg.sample_prompts, None
             if low is not None:  # upsample val images' low-res tokens, with their captions
-                rows = grid_rows(groups, len(prompts))
-                prompts = tuple(data.captions.captions[int(data.val.caption_rows(i)[0])] for i in rows)
-                low_res = low.val.tokens[rows]
+                rows, captions = grid_rows(data, len(prompts))
+                prompts, low_res = tuple(captions), low.val.tokens[rows]
             sample_grid(ema, tokenizer, encoder, prompts, cfg.sample_steps, cfg.sample_guidance,
                         low_res=low_res).save(out / "samples" / f"step-{done:06d}.png")
         if done % cfg.save_every == 0 or done == end:
