@@ -111,7 +111,10 @@ def test_evaluate_end_to_end(model_dir, tmp_path, monkeypatch):
     assert r["tokenizer"]["codes_used"]["emoji_val"] == direct["codes_used"]
     assert r["tokenizer"]["shapes_scenes"]["images"] == 72 and (tmp_path / "run" / "tokenizer.png").is_file()
     row = table([r]).splitlines()[2]
-    assert f"| {direct['psnr']:.2f} |" in row and row.count("|") == 20
+    assert f"| {direct['psnr']:.2f} |" in row and row.count("|") == 22
+    flat = r["tokenizer"]["flat"]
+    assert set(flat["modal_share"]) == {"64", "128", "256"} and 0 < flat["min_modal_share"] <= 1
+    assert row.endswith(f"| {flat['min_modal_share']:.3f} |")
 
 
 def test_cli_eval(model_dir, tmp_path, capsys):

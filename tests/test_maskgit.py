@@ -8,6 +8,7 @@ import torch
 from fastmuse.errors import ConfigError
 from fastmuse.models import MaskedTransformer, MaskedTransformerConfig
 from fastmuse.sampling import GUIDANCE_SCHEDULES, MASK_SCHEDULES, maskgit_sample
+from fastmuse.sampling.maskgit import halton_rank
 from fastmuse.text import TextEmbedding
 
 CFG = MaskedTransformerConfig(codebook_size=16, grid=4, dim=32, depth=2, heads=2, text_dim=8,
@@ -91,7 +92,8 @@ def test_zero_noise_low_temperature_is_greedy(model):
 @pytest.mark.parametrize("kw, match", [({"steps": 0}, "steps"), ({"guidance": -1.0}, "guidance"),
                                        ({"schedule": "zigzag"}, "schedule"),
                                        ({"guidance_schedule": "up"}, "guidance_schedule"),
-                                       ({"temperature": 0.0}, "temperature"), ({"noise": -1.0}, "noise")])
+                                       ({"temperature": 0.0}, "temperature"), ({"noise": -1.0}, "noise"),
+                                       ({"order": "random"}, "order is 'random'; accepted: confidence")])
 def test_bad_arguments_named(model, kw, match):
     with pytest.raises(ConfigError, match=match):
         run(model, blank(), **kw)
@@ -100,3 +102,50 @@ def test_bad_arguments_named(model, kw, match):
 def test_guidance_needs_uncond(model):
     with pytest.raises(ConfigError, match="unconditional"):
         maskgit_sample(model, blank(), ctx(model, 2), None, guidance=2.0)
+
+
+@pytest.mark.parametrize("h, w", [(4, 4), (8, 8), (16, 16), (3, 7)])
+def test_halton_rank_is_a_permutation_spread_over_the_grid(h, w):
+    rank = halton_rank(h, w)
+    assert torch.equal(rank.flatten().sort().values, torch.arange(h * w))
+    if h == w and h >= 8:  # the first quarter of the order hits every quadrant
+        first = rank < h * w // 4
+        half = h // 2
+        assert all(first[y:y + half, x:x + half].any() for y in (0, half) for x in (0, half))
+
+
+def test_halton_decodes_each_position_exactly_once_and_is_deterministic(model):
+    steps, history = 5, []
+    out = run(model, blank(), steps=steps, order="halton", callback=lambda i, x: history.append(x.clone()))
+    assert (out != CFG.mask_id).all() and len(history) == steps
+    decided_at = torch.full((2, 4, 4), -1)
+    for i, x in enumerate(history):
+        known = x != CFG.mask_id
+        prev = history[i - 1] if i else blank()
+        # once decided, a token never changes and is never re-masked
+        assert torch.equal(x[prev != CFG.mask_id], prev[prev != CFG.mask_id])
+        decided_at[known & (decided_at < 0)] = i
+    assert (decided_at >= 0).all()
+    assert torch.equal(out, run(model, blank(), steps=steps, order="halton"))
+    other = run(model, blank(), seed=1, steps=steps, order="halton")
+    assert not torch.equal(out, other)
+
+
+def test_halton_reveals_in_the_rolled_halton_order(model):
+    """With one token per step, the positions come in Halton order (cyclically shifted)."""
+    history = []
+    run(model, blank(1), steps=16, schedule="linear", order="halton",
+        callback=lambda i, x: history.append(x.clone()))
+    first = [int(((history[i] != CFG.mask_id) & ((history[i - 1] if i else blank(1)) == CFG.mask_id))
+                 .flatten().nonzero()[0]) for i in range(16)]
+    rank = halton_rank(4, 4)
+    rolled = [torch.roll(rank, (dy, dx), (0, 1)).flatten() for dy in range(4) for dx in range(4)]
+    assert any(torch.equal(r[torch.tensor(first)], torch.arange(16)) for r in rolled)
+
+
+def test_halton_keeps_known_tokens(model):
+    src = torch.randint(0, 16, (2, 4, 4))
+    hole = torch.zeros(2, 4, 4, dtype=torch.bool)
+    hole[:, :, 2:] = True
+    out = run(model, torch.where(hole, CFG.mask_id, src), steps=3, order="halton")
+    assert torch.equal(out[~hole], src[~hole]) and (out[hole] != CFG.mask_id).all()

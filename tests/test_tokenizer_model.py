@@ -112,3 +112,43 @@ def test_l2_normalised_codes():
     zq, _, ids = q(torch.randn(2, 4, 3, 3) * 5)
     assert torch.allclose(zq.norm(dim=1), torch.ones(2, 3, 3), atol=1e-5)
     assert torch.allclose(q.lookup(ids).norm(dim=1), torch.ones(2, 3, 3), atol=1e-5)
+
+
+def flat(rgb: tuple[float, float, float], size: int) -> torch.Tensor:
+    return torch.tensor(rgb).view(1, 3, 1, 1).expand(1, 3, size, size).contiguous()
+
+
+def test_replicate_padding_encodes_a_flat_image_to_one_code_everywhere():
+    from fastmuse.tokenizer.evaluate import flat_consistency
+
+    m = tiny(4, padding="replicate")
+    with torch.no_grad():
+        for rgb in [(1.0, 1.0, 1.0), (0.7, -0.8, -0.8), (-0.8, -0.4, 0.8)]:
+            for size in (16, 64):
+                t = m.encode(flat(rgb, size))
+                assert (t == t[0, 0, 0]).all(), (rgb, size)
+                y = m.decode(t)
+                assert torch.allclose(y, y[:, :, :1, :1].expand_as(y), atol=1e-5)  # flat out too
+    assert flat_consistency(m, sizes=(16, 32, 64))["min_modal_share"] == 1.0
+    # the same weights with zero padding give the border tokens codes of their own
+    z = tiny(4, padding="zeros")
+    z.load_state_dict(m.state_dict())
+    assert flat_consistency(z, sizes=(16, 32, 64))["min_modal_share"] < 1.0
+
+
+def test_padding_is_a_later_key_and_checked():
+    d = VQConfig().to_dict()
+    assert d["padding"] == "zeros"
+    del d["padding"]  # folders written before the key existed
+    assert VQConfig.from_dict(d).padding == "zeros"
+    with pytest.raises(ConfigError, match="padding': 'reflect' is not one of 'zeros', 'replicate'"):
+        VQConfig.from_dict({**d, "padding": "reflect"})
+    with pytest.raises(ConfigError, match="unknown key 'padding_mode'"):
+        VQConfig.from_dict({**d, "padding_mode": "zeros"})
+
+
+def test_code_entropy_bits():
+    from fastmuse.tokenizer.evaluate import code_entropy_bits
+
+    assert code_entropy_bits(torch.tensor([5, 5, 5, 5, 0])) == pytest.approx(2.0)
+    assert code_entropy_bits(torch.tensor([0, 9, 0])) == 0.0

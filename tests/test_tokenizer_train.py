@@ -104,3 +104,21 @@ def test_cli_train_recon_eval(data, tmp_path, capsys):
                  str(data / "images/000001.png"), "-o", str(tmp_path / "x.png"),
                  "--resolution", "31"]) == 1
     assert "multiple of the tokenizer's downsampling 2" in capsys.readouterr().err
+
+
+def test_warm_start_across_padding_and_norm_groups(data, tmp_path):
+    from fastmuse.tokenizer.train import warm_start_tokenizer
+
+    src = train_tokenizer(cfg_for(data, steps=2, gan_weight=0.0), tmp_path / "src")
+    model = VQTokenizer(cfg_for(data).model.replace(padding="replicate", norm_num_groups=4))
+    note = warm_start_tokenizer(model, str(src))
+    assert "padding zeros -> replicate" in note and "norm_num_groups 8 -> 4" in note
+    theirs = VQTokenizer.from_pretrained(src).state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
+    other = VQTokenizer(cfg_for(data).model.replace(num_vq_embeddings=32))
+    with pytest.raises(ConfigError, match="init_from .*same channels, latent size and codebook"):
+        warm_start_tokenizer(other, str(src))
+    # a run warm-started this way trains and resumes like any other
+    cfg = cfg_for(data, model=model.config, init_from=str(src), steps=4, gan_weight=0.0)
+    train_tokenizer(cfg, tmp_path / "warm")
+    assert TokenizerTrainConfig.load(tmp_path / "warm/config.json").init_from == str(src)

@@ -51,6 +51,17 @@ def test_run_writes_everything(parts, tmp_path):
     assert len(cache.train) == 12 and len(cache.val) == 4 and cache.train.tokens.shape[1:] == (16, 16)
 
 
+def test_shapes_learning_curve_is_logged(parts, tmp_path):
+    train_transformer(cfg_for(parts, steps=2, eval_shapes=("single", "colour"), eval_shapes_seeds=1),
+                      tmp_path / "run")
+    logs = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    point = next(r for r in logs if "shapes_overall" in r)
+    assert point["step"] == 2 and {"shapes_single", "shapes_colour"} <= set(point)
+    assert all(0 <= point[k] <= 1 for k in point if k.startswith("shapes_"))
+    with pytest.raises(ConfigError, match="eval_shapes entry"):
+        cfg_for(parts, eval_shapes=("squares",))
+
+
 def test_resume_is_exact(parts, tmp_path):
     cfg = cfg_for(parts)
     train_transformer(cfg, tmp_path / "a")

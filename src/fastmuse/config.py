@@ -30,6 +30,9 @@ class Config:
 
     kind: ClassVar[str] = "config"
     format_version: ClassVar[int] = 1
+    # keys added after a format was released: a file without one gets the field's default,
+    # so folders written before the key existed still load
+    later_keys: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -101,6 +104,8 @@ def _build(cls: type[C], data: dict[str, Any], where: str) -> C:
             f"{where}: unknown key '{unknown[0]}' for {cls.__name__} "
             f"(accepted: {', '.join(sorted(fields))})"
         )
+    for name in set(cls.later_keys) - set(data):
+        data[name] = _to_json(fields[name].default)
     missing = sorted(set(fields) - set(data))
     if missing:
         raise ConfigError(f"{where}: missing key '{missing[0]}' for {cls.__name__}")
@@ -183,6 +188,23 @@ def check_range(name: str, value: float, lo: float | None = None, hi: float | No
         lo_s = "-inf" if lo is None else lo
         hi_s = "inf" if hi is None else hi
         raise ConfigError(f"'{name}' is {value!r}; accepted: {lo_s} <= {name} <= {hi_s}")
+
+
+# Upper bounds of model size fields: a config is read before anything is allocated, and a
+# mistyped or hostile `depth: 1000000` must be an error, not an allocation until memory runs out.
+SIZE_LIMITS: dict[str, int] = {
+    **dict.fromkeys(("depth", "num_layers", "num_single_layers", "num_hidden_layers"), 256),
+    **dict.fromkeys(("heads", "num_attention_heads", "block_num_heads", "attention_head_dim"), 1024),
+    **dict.fromkeys(("codebook_size", "vocab_size"), 1 << 20),
+    **dict.fromkeys(("grid", "sample_size", "num_res_blocks", "patch"), 1024),
+    "resolution": 16384,
+}
+DEFAULT_SIZE_LIMIT = 65536  # widths: dim, hidden_size, channels, text and pooled dims, ...
+
+
+def check_size(name: str, value: int, low: int = 1) -> None:
+    """A model size field: low <= value <= its SIZE_LIMITS bound (widths: DEFAULT_SIZE_LIMIT)."""
+    check_range(name, value, low, SIZE_LIMITS.get(name, DEFAULT_SIZE_LIMIT))
 
 
 def check_choice(name: str, value: Any, choices: typing.Iterable[Any]) -> None:

@@ -16,7 +16,9 @@ resolution: large images come down until their shorter side is R, and a canvas w
 side is below R is scaled up to R. Both sides are then rounded to multiples of the token size
 (bicubic resize), the canvas is tokenized and edited, decoded, and resized back to the input's
 size. Canvases larger than the model grid are sampled in overlapping windows
-(sampling/windows.py), so outpainting can grow an image well past R.
+(sampling/windows.py), so outpainting can grow an image well past R. The work is bounded: a
+canvas's aspect ratio is at most MAX_ASPECT:1 and its scaled area at most MAX_CANVAS_AREA R x R
+squares (a 3x1000 px image would otherwise become hundreds of windows).
 
 Masks: a PIL image, a file, or a 2-D array; white = replace. Grey levels are thresholded at 128
 (float arrays at 0.5; transparent pixels count as black). A mask of another size is resized to
@@ -52,6 +54,8 @@ if TYPE_CHECKING:
 
 MASK_THRESHOLD = 128
 FEATHER = 2  # px: soft band inside the mask edge when blending back
+MAX_ASPECT = 4.0  # longer / shorter side of a canvas
+MAX_CANVAS_AREA = 16  # a scaled canvas holds at most this many model-resolution squares
 
 
 @dataclass
@@ -89,6 +93,21 @@ def fit_scale(canvas: tuple[int, int], image: tuple[int, int], resolution: int) 
 def scaled_size(size: tuple[int, int], scale: float, f: int) -> tuple[int, int]:
     w, h = size
     return max(f, round(w * scale / f) * f), max(f, round(h * scale / f) * f)
+
+
+def canvas_size(canvas: tuple[int, int], image: tuple[int, int], resolution: int, f: int) -> tuple[int, int]:
+    """The working canvas (px) under the size rule, refused when the work it implies is not
+    bounded: a thin image would become a canvas of hundreds of windows."""
+    w, h = canvas
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ConfigError(f"the canvas is {w}x{h} px (aspect ratio {max(w, h) / min(w, h):.1f}:1); "
+                          f"accepted: at most {MAX_ASPECT:g}:1")
+    size = scaled_size(canvas, fit_scale(canvas, image, resolution), f)
+    limit = MAX_CANVAS_AREA * resolution * resolution
+    if size[0] * size[1] > limit:
+        raise ConfigError(f"the canvas would be {size[0]}x{size[1]} px at the model's scale; accepted: at "
+                          f"most {limit} px ({MAX_CANVAS_AREA} times the model's {resolution}x{resolution})")
+    return size
 
 
 def read_mask(mask: ImageLike | np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -235,8 +254,7 @@ class EditingMixin:
         if isinstance(self.transformer, DiT):
             raise ConfigError("inpainting, outpainting and editing need a masked token model; this is a "
                               "diffusion model (text-to-image only)")
-        size = scaled_size(canvas.size, fit_scale(canvas.size, image_size, self.resolution),
-                           self.tokenizer.downsample)
+        size = canvas_size(canvas.size, image_size, self.resolution, self.tokenizer.downsample)
         scaled = canvas.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
         return size, self.tokenizer.encode(to_tensor(scaled)[None])[0]
 

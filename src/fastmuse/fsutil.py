@@ -81,6 +81,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete what interrupted atomic_dir saves left in `folder` (`.NAME.*.tmp` folders being
+    written, `.NAME.old-PID` folders moved aside). Call it only where no save is under way."""
+    found = [p for p in Path(folder).glob(".*") if p.is_dir()
+             and (p.name.endswith(".tmp") or ".old-" in p.name)]
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True)
+    return found
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -39,6 +39,9 @@ def bundled_models() -> list[str]:
 
 def resolve(name_or_dir: str | os.PathLike) -> Path:
     """A local folder, or the name of a bundled model. Never touches the network."""
+    if not str(name_or_dir).strip():  # Path("") is ".": never read the working folder by accident
+        raise CheckpointError(f"model is empty; accepted: a model folder or a bundled name "
+                              f"({', '.join(bundled_models()) or 'none yet'})")
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
         return path
@@ -177,14 +180,22 @@ class PretrainedMixin:
             config = cls.config_class.from_dict(ckpt.config, where=str(ckpt.folder / CONFIG_NAME))
         except ConfigError as e:
             raise CheckpointError(str(e)) from None
+        state = ckpt.weights("model")
+        with torch.device("meta"):  # shapes first, no memory: a config that does not match
+            check_state(cls(config).state_dict(), state, str(ckpt.folder))  # its weights allocates nothing
         model = cls(config)  # type: ignore[call-arg]
-        load_state_strict(model, ckpt.weights("model"), where=str(ckpt.folder))
+        load_state_strict(model, state, where=str(ckpt.folder))
         return model.eval()
 
 
 def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
     """load_state_dict with one readable error for missing/unexpected keys or wrong shapes."""
-    own = module.state_dict()
+    check_state(module.state_dict(), state, where)
+    module.load_state_dict(state, strict=True)
+
+
+def check_state(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], where: str) -> None:
+    """CheckpointError unless `state` has exactly the keys and shapes of `own`."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -198,7 +209,6 @@ def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor]
             raise CheckpointError(
                 f"{where}: weight {k} has shape {tuple(v.shape)}, the config gives {tuple(own[k].shape)}"
             )
-    module.load_state_dict(state, strict=True)
 
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -70,6 +70,7 @@ class SamplerDefaults:
     solver: str = "heun"
     times: list[float] | None = None
     guidance_interval: list[float] = field(default_factory=lambda: [0.0, 1.0])  # maskgit: guided steps
+    order: str = "confidence"  # maskgit: which tokens each step keeps (confidence or halton)
     micro: dict[str, float | None] | None = None  # micro-conditioned models: values when not given
 
     def __post_init__(self) -> None:
@@ -85,9 +86,22 @@ class SamplerDefaults:
 
     @staticmethod
     def load(folder: Path) -> SamplerDefaults:
+        """A model folder's sampler.json (absent: the defaults), as strict as config.json:
+        unknown keys and unreadable files are errors that name the file."""
         path = folder / SAMPLER_FILE
-        return SamplerDefaults(**json.loads(path.read_text(encoding="utf-8"))) if path.is_file() \
-            else SamplerDefaults()
+        if not path.is_file():
+            return SamplerDefaults()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        accepted = [f.name for f in fields(SamplerDefaults)]
+        unknown = sorted(set(data) - set(accepted))
+        if unknown:
+            raise ConfigError(f"{path}: unknown key {unknown[0]!r} (accepted: {', '.join(accepted)})")
+        return SamplerDefaults(**data)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -299,7 +313,7 @@ class Pipeline(EditingMixin):
         else:
             opts = {"schedule": d.schedule, "guidance_schedule": d.guidance_schedule,
                     "temperature": d.temperature, "noise": d.noise,
-                    "guidance_interval": tuple(d.guidance_interval)}
+                    "guidance_interval": tuple(d.guidance_interval), "order": d.order}
             steps = d.steps if steps is None else steps
         unknown = sorted(set(sampler) - set(opts))
         if unknown:
@@ -316,7 +330,7 @@ class Pipeline(EditingMixin):
             check_one_step_args(guidance, opts["temperature"], opts["init_mask_ratio"], opts["embed_noise"])
         else:
             check_sampler_args(steps, guidance, opts["schedule"], opts["guidance_schedule"],
-                               opts["temperature"], opts["noise"], opts["guidance_interval"])
+                               opts["temperature"], opts["noise"], opts["guidance_interval"], opts["order"])
         values = self.micro_values(micro)
         text = self.text_encoder.encode(prompts)
         if values is None:

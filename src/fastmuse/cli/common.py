@@ -75,6 +75,9 @@ def add_sampler_args(p: argparse.ArgumentParser, n_default: int = 1) -> None:
     p.add_argument("--guidance-interval", type=interval, default=None, metavar="LO,HI",
                    help="masked models: guide only the steps i with LO <= i/steps < HI; the others cost "
                         "half (e.g. 0,0.5; default: the model's, normally 0,1 = every step)")
+    p.add_argument("--order", default=None, choices=("confidence", "halton"),
+                   help="masked models: which tokens each step keeps: confidence (MaskGIT, default) or "
+                        "halton (a quasi-random low-discrepancy order over the grid, Halton-MaskGIT)")
     add_fast_args(p)
 
 
@@ -109,7 +112,8 @@ def sampler_options(a: argparse.Namespace) -> dict[str, Any]:
                                      ("temperature", a.temperature), ("noise", a.noise),
                                      ("top_k", a.top_k), ("init_mask_ratio", a.init_mask_ratio),
                                      ("embed_noise", a.embed_noise), ("solver", a.solver),
-                                     ("guidance_interval", a.guidance_interval)) if v is not None}
+                                     ("guidance_interval", a.guidance_interval), ("order", a.order))
+                   if v is not None}
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:

@@ -6,8 +6,9 @@ Suites:
           of those emoji, and retrieval R@1: is a generated image's nearest real image (cosine,
           same features) the emoji it was asked for
   speed   seconds per image at several batch sizes, network evaluations, peak RSS
-  tokenizer  the model's VQ tokenizer alone: PSNR, SSIM and codebook usage of round trips of
-          the held-out emoji renders and the shapes suite's ground-truth scenes
+  tokenizer  the model's VQ tokenizer alone: PSNR, SSIM, codebook usage and code perplexity of
+          round trips of the held-out emoji renders and the shapes suite's ground-truth scenes,
+          and token consistency (modal-code share of flat images, tokenizer/evaluate.py)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..pipeline import MAX_IMAGES, Pipeline
 from . import SUITES
 from .machine import describe_machine
 from .shapes_check import check, detect
-from .shapes_suite import CATEGORIES, SUITE_VERSION, suite_items, summarise
+from .shapes_suite import CATEGORIES, EVAL_WORLD, SUITE_VERSION, suite_items, summarise
 
 
 @dataclass
@@ -49,16 +50,24 @@ def _generate(pipe: Pipeline, prompts: list[str], s: EvalSettings, desc: str) ->
     return images
 
 
-def eval_shapes(pipe: Pipeline, s: EvalSettings) -> tuple[dict, object]:
-    items = suite_items()
+def shapes_accuracy(pipe: Pipeline, s: EvalSettings, categories: tuple[str, ...] = CATEGORIES,
+                    world: int = EVAL_WORLD) -> tuple[dict[str, float], list, list]:
+    """Per-category accuracy (and "overall", their mean) of the suite's prompts of `categories`
+    drawn from shapes world `world`, s.seeds images each; also returns the images and items."""
+    items = [it for it in suite_items(world=world) if it.spec.category in categories]
     images = _generate(pipe, [it.prompt for it in items], s, "shapes")
     per: dict[str, list[bool]] = {}
     for k, im in enumerate(images):
         item = items[k // s.seeds]
         per.setdefault(item.spec.category, []).append(check(detect(im), item.spec))
+    return summarise(per), images, items
+
+
+def eval_shapes(pipe: Pipeline, s: EvalSettings) -> tuple[dict, object]:
+    accuracy, images, items = shapes_accuracy(pipe, s)
     show = [images[k * s.seeds] for k in range(0, len(items), 6)]
     grid = make_grid(show, ncols=6, captions=[items[k].prompt for k in range(0, len(items), 6)])
-    return {"suite": SUITE_VERSION, "images": len(images), "accuracy": summarise(per)}, grid
+    return {"suite": SUITE_VERSION, "images": len(images), "accuracy": accuracy}, grid
 
 
 def eval_emoji(pipe: Pipeline, s: EvalSettings) -> tuple[dict, object]:
@@ -97,7 +106,7 @@ def eval_speed(pipe: Pipeline, s: EvalSettings) -> dict:
 def eval_tokenizer(pipe: Pipeline) -> tuple[dict, object]:
     from ..data.images import to_tensor
     from ..data.shapes import render_scene
-    from ..tokenizer.evaluate import evaluate_recon, recon_grid
+    from ..tokenizer.evaluate import evaluate_recon, flat_consistency, recon_grid
 
     res = pipe.resolution
     sets = {"emoji_val": [emoji.render(e, res) for e in emoji.catalogue() if e.split == "val"],
@@ -111,6 +120,7 @@ def eval_tokenizer(pipe: Pipeline) -> tuple[dict, object]:
     used = {name: r.pop("codes_used") for name, r in result.items()}
     result["codebook_size"] = pipe.tokenizer.codebook_size
     result["codes_used"] = used
+    result["flat"] = flat_consistency(pipe.tokenizer)
     return result, make_grid(grids, ncols=1)
 
 
@@ -142,7 +152,7 @@ def table(results: list[dict]) -> str:
     (the tokenizer's on the held-out emoji renders)."""
     head = ["model", "steps", "guidance", "shapes overall", "single", "colour", "two obj", "counting",
             "colour attr", "position", "emoji FID", "KID x1e3", "R@1", "s/img (b=1)", "img/s (b=16)", "NFE",
-            "VQ PSNR", "VQ SSIM", "codebook use"]
+            "VQ PSNR", "VQ SSIM", "codebook use", "shapes code ppl", "flat modal share"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         acc = r.get("shapes", {}).get("accuracy", {})
@@ -156,6 +166,8 @@ def table(results: list[dict]) -> str:
                  f"{sp['16']['images_per_second']:.2f}" if "16" in sp else "",
                  r.get("speed", {}).get("network_evaluations", ""),
                  *(f"{tok['emoji_val'][k]:{f}}" if tok else "" for k, f in
-                   (("psnr", ".2f"), ("ssim", ".3f"), ("codebook_usage", ".3f")))]
+                   (("psnr", ".2f"), ("ssim", ".3f"), ("codebook_usage", ".3f"))),
+                 f"{tok['shapes_scenes']['code_perplexity']:.1f}" if tok else "",
+                 f"{tok['flat']['min_modal_share']:.3f}" if tok else ""]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, check_range
+from ..config import Config, check_range, check_size
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
@@ -56,7 +56,7 @@ class DiTConfig(Config):
     def validate(self) -> None:
         for name in ("grid", "resolution", "patch", "channels", "dim", "depth", "heads", "text_dim",
                      "pooled_dim"):
-            check_range(name, getattr(self, name), 1)
+            check_size(name, getattr(self, name))
         check_range("sigma_d", self.sigma_d, 1e-3)
         check_range("latent_scale", self.latent_scale, 1e-6)
         if self.grid % self.patch:

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import check_range
+from ..config import check_size
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
@@ -106,9 +106,9 @@ class MMDiTConfig(ReferenceConfig):
         for name in ("attention_head_dim", "num_attention_heads", "joint_attention_dim",
                      "pooled_projection_dim", "in_channels", "vocab_size", "codebook_size", "sample_size",
                      "resolution"):
-            check_range(name, getattr(self, name), 1)
-        check_range("num_layers", self.num_layers, 0)
-        check_range("num_single_layers", self.num_single_layers, 0)
+            check_size(name, getattr(self, name))
+        check_size("num_layers", self.num_layers, 0)
+        check_size("num_single_layers", self.num_single_layers, 0)
         if self.patch_size != 1:
             raise ConfigError(f"'patch_size' is {self.patch_size}; accepted: 1 (Meissonic does not patchify)")
         if self.guidance_embeds:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, check_range
+from ..config import Config, check_range, check_size
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
@@ -63,7 +63,7 @@ class MaskedTransformerConfig(Config):
     def validate(self) -> None:
         for name in ("codebook_size", "grid", "dim", "depth", "heads", "text_dim", "pooled_dim",
                      "resolution"):
-            check_range(name, getattr(self, name), 1)
+            check_size(name, getattr(self, name))
         check_range("mlp_ratio", self.mlp_ratio, 0.0)
         if self.dim % self.heads:
             raise ConfigError(f"'dim' is {self.dim}; accepted: a multiple of 'heads' ({self.heads})")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, check_range
+from ..config import Config, check_size
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
@@ -89,9 +89,9 @@ class UViTConfig(ReferenceConfig):
         for name in ("hidden_size", "cond_embed_dim", "micro_cond_encode_dim", "encoder_hidden_size",
                      "vocab_size", "codebook_size", "in_channels", "block_out_channels", "block_num_heads",
                      "num_attention_heads", "intermediate_size", "sample_size", "resolution"):
-            check_range(name, getattr(self, name), 1)
-        check_range("num_res_blocks", self.num_res_blocks, 0)
-        check_range("num_hidden_layers", self.num_hidden_layers, 0)
+            check_size(name, getattr(self, name))
+        check_size("num_res_blocks", self.num_res_blocks, 0)
+        check_size("num_hidden_layers", self.num_hidden_layers, 0)
         self.check_vocab()
         if len(self.micro_conds) * self.micro_cond_encode_dim != self.micro_cond_embed_dim:
             raise ConfigError(f"'micro_cond_embed_dim' is {self.micro_cond_embed_dim}; accepted: "

@@ -13,6 +13,7 @@ import torch
 from ..errors import ConfigError
 from ..models.autoregressive import ARTransformer
 from ..models.transformer import KVCache, TextContext
+from .control import check_cancelled
 from .maskgit import Generators, combine_guidance, guidance_context, gumbel
 
 
@@ -38,6 +39,7 @@ def ar_sample(model: ARTransformer, cond: TextContext, uncond: TextContext | Non
     prev = torch.full((rows,), model.bos_id, dtype=torch.long)
     out = torch.empty(b, g * g, dtype=torch.long)
     for i in range(g * g):
+        check_cancelled()
         logits = model.step(prev, i, ctx, caches).float()
         logits = combine_guidance(logits, guidance if guidance > 0 else None) / temperature
         if 0 < top_k < logits.shape[-1]:

@@ -7,6 +7,13 @@ the rest so that the masked fraction follows `schedule((i + 1) / N)`; the last s
 all. Tokens known at the start (editing) are never changed. Randomness comes only from
 `generator`, so the same seed gives the same tokens on CPU.
 
+`order` picks which masked positions are kept at each step: "confidence" (MaskGIT: the most
+probable candidates, with annealed Gumbel noise) or "halton" (Besnier et al. 2025, Halton-
+MaskGIT: positions are revealed in the order of a 2-D Halton sequence over the grid, a
+low-discrepancy order that spreads each step's tokens evenly over the image instead of
+clustering them where the model is already sure; the order is cyclically shifted by a random
+offset per image, and the tokens are plain samples at `temperature`).
+
 Guidance follows l = l_cond + g * (l_cond - l_uncond): g = 0 is plain conditional sampling
 (and skips the unconditional half of the batch). `guidance_interval` (lo, hi) guides only the
 steps i with lo <= i / steps < hi; the others run the conditional half alone, which halves
@@ -22,6 +29,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models.transformer import MaskedTransformer, TextContext
+from .control import check_cancelled
 
 MASK_SCHEDULES: dict[str, Callable[[float], float]] = {
     # fraction of the initially masked tokens still masked at progress t in [0, 1]
@@ -30,6 +38,7 @@ MASK_SCHEDULES: dict[str, Callable[[float], float]] = {
     "square": lambda t: 1.0 - t * t,
     "sqrt": lambda t: 1.0 - math.sqrt(t),
 }
+ORDERS = ("confidence", "halton")
 GUIDANCE_SCHEDULES: dict[str, Callable[[float], float]] = {
     # multiplier of the guidance scale at progress t (t of the step being taken)
     "constant": lambda t: 1.0,
@@ -39,8 +48,8 @@ GUIDANCE_SCHEDULES: dict[str, Callable[[float], float]] = {
 
 
 def check_sampler_args(steps: int, guidance: float, schedule: str, guidance_schedule: str,
-                       temperature: float, noise: float, guidance_interval: tuple[float, float] = (0.0, 1.0)
-                       ) -> None:
+                       temperature: float, noise: float, guidance_interval: tuple[float, float] = (0.0, 1.0),
+                       order: str = "confidence") -> None:
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps is {steps!r}; accepted: an integer >= 1")
     if guidance < 0:
@@ -54,6 +63,8 @@ def check_sampler_args(steps: int, guidance: float, schedule: str, guidance_sche
         raise ConfigError(f"temperature is {temperature}; accepted: > 0")
     if noise < 0:
         raise ConfigError(f"noise is {noise}; accepted: >= 0")
+    if order not in ORDERS:
+        raise ConfigError(f"order is {order!r}; accepted: {', '.join(ORDERS)}")
     check_guidance_interval(guidance_interval)
 
 
@@ -63,6 +74,45 @@ def check_guidance_interval(interval: tuple[float, float]) -> None:
             or not 0 <= interval[0] < interval[1] <= 1):
         raise ConfigError(f"guidance_interval is {interval!r}; accepted: two numbers lo, hi with "
                           "0 <= lo < hi <= 1 (the fraction of the steps that are guided)")
+
+
+def radical_inverse(i: int, base: int) -> float:
+    """The i-th element of the van der Corput sequence in `base` (i's digits mirrored
+    about the radix point)."""
+    out, f = 0.0, 1.0 / base
+    while i:
+        i, digit = divmod(i, base)
+        out += digit * f
+        f /= base
+    return out
+
+
+def halton_rank(h: int, w: int) -> torch.Tensor:
+    """[h, w]: the step of the 2-D Halton sequence (bases 2 and 3) at which each grid cell is
+    first hit, as ranks 0 .. h*w - 1. Cells the sequence has not hit after many points (it
+    covers a grid unevenly at first) follow in raster order."""
+    rank = torch.full((h * w,), -1, dtype=torch.long)
+    seen = 0
+    for i in range(1, 64 * h * w):
+        cell = int(radical_inverse(i, 2) * h) * w + int(radical_inverse(i, 3) * w)
+        if rank[cell] < 0:
+            rank[cell] = seen
+            seen += 1
+            if seen == h * w:
+                break
+    rest = rank < 0
+    rank[rest] = seen + torch.arange(int(rest.sum()))
+    return rank.view(h, w)
+
+
+def halton_priority(shape: torch.Size, generator: Generators, device: torch.device) -> torch.Tensor:
+    """[B, h*w] priorities (higher = revealed earlier): the Halton order, rolled by a random
+    (dy, dx) per image so that images do not all start from the same cells."""
+    b, h, w = shape
+    rank = halton_rank(h, w).to(device)
+    shift = (random((b, 2), generator, device) * torch.tensor([h, w], device=device)).long()
+    rows = [torch.roll(rank, (int(dy), int(dx)), (0, 1)) for dy, dx in shift.tolist()]
+    return -torch.stack(rows).view(b, -1).float()
 
 
 def guided_steps(steps: int, interval: tuple[float, float]) -> int:
@@ -129,6 +179,7 @@ def maskgit_sample(
     temperature: float = 1.0,
     noise: float = 4.5,
     guidance_interval: tuple[float, float] = (0.0, 1.0),
+    order: str = "confidence",
     generator: Generators = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
@@ -138,8 +189,10 @@ def maskgit_sample(
     temperature: softmax temperature for the candidates; noise: Gumbel scale on the
     confidences at the first step, annealed linearly to 0 (MaskGIT's choice temperature).
     guidance_interval: the fraction of the steps that are guided (see the module docstring).
+    order: "confidence" or "halton" (see the module docstring; `noise` is unused by halton).
     """
-    check_sampler_args(steps, guidance, schedule, guidance_schedule, temperature, noise, guidance_interval)
+    check_sampler_args(steps, guidance, schedule, guidance_schedule, temperature, noise,
+                       guidance_interval, order)
     b = tokens.shape[0]
     if cond.c.shape[0] != b or (uncond is not None and uncond.c.shape[0] != b):
         raise ConfigError(f"text contexts must have one row per image ({b})")
@@ -149,9 +202,10 @@ def maskgit_sample(
     x = tokens.clone()
     shape = x.shape
     x = x.view(b, -1)
-    unknown0 = x == mask_id
-    n_unknown = unknown0.sum(1)  # per image
+    n_unknown = (x == mask_id).sum(1)  # per image
+    priority = halton_priority(shape, generator, x.device) if order == "halton" else None
     for i in range(steps):
+        check_cancelled()
         unknown = x == mask_id
         if not unknown.any():
             break
@@ -172,7 +226,10 @@ def maskgit_sample(
                                         unknown.sum(1) - 1).clamp(min=0)
         else:
             keep_masked = torch.zeros_like(keep_masked)
-        conf = logp + noise * (1.0 - t) * gumbel(logp.shape, generator, logp.device)
+        if priority is None:
+            conf = logp + noise * (1.0 - t) * gumbel(logp.shape, generator, logp.device)
+        else:
+            conf = priority
         conf = torch.where(unknown, conf, torch.full_like(conf, math.inf))  # decided tokens stay
         order = conf.argsort(dim=1)  # least confident first
         ranks = order.argsort(dim=1)

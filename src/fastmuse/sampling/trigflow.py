@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import ConfigError
+from .control import check_cancelled
 from .maskgit import Generators, random
 
 SIGMA_D = 0.5
@@ -80,6 +81,7 @@ def ode_sample(velocity: Velocity, z: torch.Tensor, steps: int, solver: str = "h
     ts = torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64).tolist()
     x = z
     for t, s in zip(ts[:-1], ts[1:], strict=True):
+        check_cancelled()
         cos, sin = math.cos(t - s), math.sin(t - s)
         v = velocity(x, torch.full((len(x),), t, dtype=z.dtype))
         x_next = cos * x - sin * v
@@ -104,6 +106,7 @@ def few_step_sample(velocity: Velocity, z: torch.Tensor, times: list[float], gen
     samples, not on noised real images). `generator` may be per-row (server batching)."""
     x = z
     for i, t in enumerate(times[:upto]):
+        check_cancelled()
         tt = torch.full((len(z),), t, dtype=z.dtype)
         if i > 0:
             x = add_noise(x, tt, SIGMA_D * random(z.shape, generator, z.device, normal=True))

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
+from .control import show_progress
+
 
 def window_starts(size: int, window: int) -> list[int]:
     """Start offsets of `window`-long windows at stride window/2 covering [0, size)."""
@@ -40,7 +42,8 @@ def fill_windows(sample: Callable[[torch.Tensor], torch.Tensor], tokens: torch.T
     x = tokens.clone()
     wins = windows(x.shape[1], x.shape[2], grid)
     todo = sum(bool((x[:, r, c] == mask_id).any()) for r, c in wins)
-    with tqdm(total=todo, desc="windows", unit="win", disable=not progress or todo <= 1, leave=False) as bar:
+    quiet = not progress or todo <= 1 or not show_progress()
+    with tqdm(total=todo, desc="windows", unit="win", disable=quiet, leave=False) as bar:
         while True:
             best, best_known = None, -1
             for r, c in wins:

@@ -34,7 +34,8 @@ from PIL import Image, UnidentifiedImageError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ..errors import FastMuseError
+from ..editing import canvas_size
+from ..errors import ConfigError, FastMuseError
 from ..pipeline import MAX_IMAGES, Pipeline
 from .batcher import Batcher, Job, QueueFull
 
@@ -55,6 +56,9 @@ class ServeSettings:
     max_steps: int = 64
 
 
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")  # what PIL may open: no GIF, TIFF or rarer decoders
+
+
 class ApiError(Exception):
     def __init__(
         self,
@@ -66,6 +70,35 @@ class ApiError(Exception):
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.kind, self.headers = status, message, param, kind, headers
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: counts the request body's bytes as they arrive, whatever the framing
+    (Content-Length or chunked), and stops reading past `limit` (BodyTooLarge -> 413), so a
+    body is never held in memory beyond the limit."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def error_response(e: ApiError) -> JSONResponse:
@@ -132,6 +165,11 @@ class Server:
     def prompt(self, value: Any) -> str:
         if not isinstance(value, str) or not value.strip():
             raise ApiError(400, "prompt is missing or empty; accepted: a non-empty string", "prompt")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800") is not text
+            raise ApiError(400, "prompt is not valid Unicode text (it holds a lone surrogate); "
+                           "accepted: UTF-8 text", "prompt") from None
         if len(value) > self.s.max_prompt_chars:
             raise ApiError(
                 400,
@@ -182,7 +220,7 @@ class Server:
                 413, f"{name} has {len(raw)} bytes; accepted: at most {self.s.max_image_bytes}", name
             )
         try:
-            with Image.open(io.BytesIO(raw)) as probe:
+            with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as probe:
                 w, h = probe.size
                 if w * h > self.s.max_image_pixels:
                     raise ApiError(
@@ -190,10 +228,21 @@ class Server:
                     )
                 probe.load()
                 return probe.copy()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        except Image.DecompressionBombError:  # PIL refuses to even open it: far over our limit too
+            raise ApiError(
+                413, f"{name} has too many pixels; accepted: at most {self.s.max_image_pixels} pixels", name
+            ) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             raise ApiError(
                 400, f"{name} is not a readable image; accepted: PNG, JPEG or WebP", name
             ) from None
+
+    def canvas(self, canvas: tuple[int, int], image: tuple[int, int]) -> None:
+        """Refuse, before queueing, an edit whose canvas editing.canvas_size would refuse."""
+        try:
+            canvas_size(canvas, image, self.pipe.resolution, self.pipe.tokenizer.downsample)
+        except ConfigError as e:
+            raise ApiError(413, str(e), "image") from None
 
     async def run(self, request: Request, job: Job) -> Any:
         """Queue a job and wait for it; a timeout or a client that went away drops it."""
@@ -266,7 +315,12 @@ async def _fields(request: Request) -> dict[str, Any]:
         body = await _json(request)
         for name in ("image", "mask"):
             if isinstance(body.get(name), str):
-                text = body[name].split(",", 1)[1] if body[name].startswith("data:") else body[name]
+                text = body[name]
+                if text.startswith("data:"):
+                    if "," not in text:
+                        raise ApiError(400, f"{name} is a data: URL without data; accepted: "
+                                       "data:image/png;base64,<base64>", name)
+                    text = text.split(",", 1)[1]
                 try:
                     body[name] = base64.b64decode(text, validate=True)
                 except (binascii.Error, ValueError):
@@ -295,6 +349,8 @@ async def _json(request: Request) -> dict[str, Any]:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, f"the body is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ApiError(400, "the body is JSON nested too deeply; accepted: a flat JSON object") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     return body
@@ -311,6 +367,7 @@ def create_app(pipe: Pipeline, settings: ServeSettings | None = None) -> FastAPI
 
     app = FastAPI(title="fastmuse", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.state.server = srv
+    app.add_middleware(BodyLimit, limit=s.max_body_bytes)
     open_paths = {"/", "/healthz"}
 
     @app.middleware("http")
@@ -350,6 +407,17 @@ def create_app(pipe: Pipeline, settings: ServeSettings | None = None) -> FastAPI
     async def api_error(request: Request, e: ApiError) -> JSONResponse:
         return error_response(e)
 
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(request: Request, e: BodyTooLarge) -> JSONResponse:
+        return error_response(ApiError(413, f"the body has more than {s.max_body_bytes} bytes; accepted: "
+                                            f"at most {s.max_body_bytes}", "body"))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, e: Exception) -> JSONResponse:
+        # the traceback goes to the server's log (Starlette re-raises to uvicorn), not to the client
+        return error_response(ApiError(500, "internal error; the server log has the details",
+                                       kind="server_error"))
+
     @app.exception_handler(404)
     async def not_found(request: Request, e: Exception) -> JSONResponse:
         return error_response(ApiError(404, f"no endpoint {request.url.path}; see /docs", "path"))
@@ -384,6 +452,7 @@ def create_app(pipe: Pipeline, settings: ServeSettings | None = None) -> FastAPI
         mask = srv.image(f["mask"], "mask") if f.get("mask") is not None else None
         prompt = srv.prompt(f.get("prompt"))
         c = srv.common(f, size_of=image.size)
+        srv.canvas(image.size, image.size)
         edit = _edit_mask(image, mask)
         result = await srv.run(
             request, editing_job(lambda: pipe.inpaint(image.convert("RGB"), prompt, edit, **c))
@@ -411,6 +480,7 @@ def create_app(pipe: Pipeline, settings: ServeSettings | None = None) -> FastAPI
                 "left",
             )
         c = srv.common(f, size_of=size)
+        srv.canvas(size, image.size)
         result = await srv.run(request, editing_job(lambda: pipe.outpaint(image, prompt, **pads, **c)))
         return srv.respond(result.images)
 
@@ -422,6 +492,7 @@ def create_app(pipe: Pipeline, settings: ServeSettings | None = None) -> FastAPI
         strength = _float(f.get("strength", 0.3), "strength", 0.01, 1.0)
         iterations = _int(f.get("iterations", 4), "iterations", 1, 16)
         c = srv.common(f, size_of=image.size)
+        srv.canvas(image.size, image.size)
         result = await srv.run(
             request,
             editing_job(lambda: pipe.edit(image, prompt, strength=strength, iterations=iterations, **c)),

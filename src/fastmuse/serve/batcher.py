@@ -5,7 +5,7 @@ sampler settings run as ONE sampler batch (up to `max_images` images); each keep
 random stream (Pipeline.sampling with per-prompt seeds) and is decoded on its own, so
 batching does not change a request's images. Other work (edits) runs alone, in arrival
 order. The queue is bounded (`QueueFull` -> 429) and a cancelled job (timeout, client gone)
-is dropped before it runs.
+is dropped before it runs, or stopped at its next sampler step if it is running.
 The model never runs on the event loop: results come back through the loop's thread-safe
 callbacks.
 """
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..pipeline import Pipeline
+from ..sampling.control import Control, controlled
 
 
 class QueueFull(Exception):
@@ -113,12 +114,12 @@ class Batcher:
         while (batch := self._next()) is not None:
             if not batch:
                 continue
+            # a running job stops at the next sampler step once no request waits for it
+            control = Control(cancelled=lambda b=batch: all(j.cancelled for j in b), progress=False)
             try:
-                if batch[0].call is not None:
-                    results = [batch[0].call()]
-                else:
-                    results = self._generate(batch)
-            except Exception as e:  # noqa: BLE001  (handed to every waiting request)
+                with controlled(control):
+                    results = [batch[0].call()] if batch[0].call is not None else self._generate(batch)
+            except Exception as e:  # noqa: BLE001  (handed to every waiting request; Cancelled too)
                 for job in batch:
                     _resolve(job.future, exception=e)
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,46 @@ def evaluate_recon(model: VQTokenizer, images: torch.Tensor, batch_size: int = 1
         recons.append(model.decode(t).clamp(-1, 1))
     model.train(was_training)
     recon = torch.cat(recons)
-    used = torch.unique(torch.cat(ids)).numel()
+    counts = torch.bincount(torch.cat(ids), minlength=model.codebook_size)
+    used = int((counts > 0).sum())
+    bits = code_entropy_bits(counts)
     return {"psnr": psnr(recon, images).mean().item(), "ssim": ssim(recon, images).mean().item(),
             "codebook_usage": used / model.codebook_size, "codes_used": used,
+            "code_entropy_bits": bits, "code_perplexity": 2.0 ** bits,
             "images": len(images), "recon": recon}
+
+
+def code_entropy_bits(counts: torch.Tensor) -> float:
+    """Entropy in bits of the code distribution given by per-code counts. Its power of two,
+    the perplexity, is how many equally likely codes a transformer effectively chooses from."""
+    p = counts[counts > 0].double() / counts.sum()
+    return float(-(p * p.log2()).sum())
+
+
+FLAT_SIZES = (64, 128, 256)
+
+
+@torch.no_grad()
+def flat_consistency(model: VQTokenizer, sizes: tuple[int, ...] = FLAT_SIZES) -> dict[str, Any]:
+    """Same content, same token: for flat images of white and each shapes-world palette
+    colour at each size, the share of token positions that hold the image's modal code.
+    1.0 means a flat area encodes to one code wherever it lies; less means the encoder's
+    border (padding) gives edge positions codes of their own."""
+    from ..data.shapes import BACKGROUND, PALETTE
+
+    colours = {"white": BACKGROUND, **PALETTE}
+    rgb = torch.tensor(list(colours.values()), dtype=torch.float32) / 127.5 - 1
+    was_training = model.training
+    model.eval()
+    by_size = {}
+    for size in sizes:
+        check_resolution(model, size)
+        ids = model.encode(rgb[:, :, None, None].expand(-1, -1, size, size).contiguous()).flatten(1)
+        share = [float((row == row.mode().values).float().mean()) for row in ids]
+        by_size[str(size)] = dict(zip(colours, share, strict=True))
+    model.train(was_training)
+    return {"min_modal_share": min(v for row in by_size.values() for v in row.values()),
+            "modal_share": by_size}
 
 
 def recon_grid(images: torch.Tensor, recon: torch.Tensor, n: int = 16) -> Image.Image:
@@ -68,3 +105,31 @@ def reconstruct(model: VQTokenizer, image: Image.Image | str | Path, resolution:
         image = load_rgb(image)
     x = to_tensor(resize_crop(image, resolution)).unsqueeze(0)
     return to_pil(model.decode(model.encode(x))[0])
+
+
+STORE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@torch.no_grad()
+def export_tokenizer(source: str | Path, out: str | Path, images: torch.Tensor, dtype: str = "fp32",
+                     card: str | None = None) -> dict[str, Any]:
+    """Write tokenizer `source` to the folder `out` with its floating tensors stored as `dtype`
+    (they are upcast at load), a reconstruction grid and an optional card (README.md). Returns
+    what storing costs, measured on `images`: the share of tokens that stay the same and the
+    PSNR with the stored weights next to the original's."""
+    from ..hub import save_checkpoint
+
+    model = VQTokenizer.from_pretrained(source)
+    state = {k: v.to(STORE_DTYPES[dtype]) if v.is_floating_point() else v
+             for k, v in model.state_dict().items()}
+    stored = VQTokenizer(model.config)
+    stored.load_state_dict(state)
+    stored.eval()
+    same = torch.cat([(model.encode(c) == stored.encode(c)).flatten() for c in images.split(16)])
+    before, after = evaluate_recon(model, images), evaluate_recon(stored, images)
+    grid = io.BytesIO()
+    recon_grid(images, after.pop("recon")).save(grid, format="PNG")
+    extra = {"recon.png": grid.getvalue(), **({"README.md": card.encode()} if card else {})}
+    save_checkpoint(out, model.config, {"model": state}, extra)
+    return {"dtype": dtype, "tokens_unchanged": float(same.float().mean()),
+            "psnr": before["psnr"], "psnr_stored": after["psnr"], "ssim_stored": after["ssim"]}

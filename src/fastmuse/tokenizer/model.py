@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, check_range
+from ..config import Config, check_range, check_size
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from .quantizer import VectorQuantizer
@@ -42,13 +42,23 @@ class VQConfig(Config):
     ema_decay: float = 0.99
     # the pixel range the weights were trained on; encode/decode always speak [-1, 1]
     pixel_range: Literal["-1..1", "0..1"] = "-1..1"
+    # how convolutions see past the image edge. "zeros" (VQGAN, diffusers) injects mid-grey
+    # at the border, so a border token encodes "content next to grey" and the same content
+    # gets other codes at the edge; "replicate" keeps a flat image flat at every layer, so
+    # it encodes to one code everywhere.
+    padding: Literal["zeros", "replicate"] = "zeros"
+
+    later_keys = ("padding",)
 
     def validate(self) -> None:
         check_range("len(block_out_channels)", len(self.block_out_channels), 1, 6)
         check_range("layers_per_block", self.layers_per_block, 1, 8)
         check_range("num_vq_embeddings", self.num_vq_embeddings, 2, 1 << 20)
         check_range("ema_decay", self.ema_decay, 0.0, 1.0)
+        for name in ("in_channels", "out_channels", "latent_channels", "vq_embed_dim", "norm_num_groups"):
+            check_size(name, getattr(self, name))
         for c in self.block_out_channels:
+            check_size("block_out_channels entry", c)
             if c % self.norm_num_groups:
                 raise ConfigError(f"'block_out_channels' entry {c} is not a multiple of "
                                   f"norm_num_groups={self.norm_num_groups}")
@@ -62,11 +72,15 @@ def norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, eps=EPS)
 
 
+def conv3(cin: int, cout: int, padding: str) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, padding=1, padding_mode=padding)
+
+
 class ResnetBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, groups: int) -> None:
+    def __init__(self, cin: int, cout: int, groups: int, padding: str) -> None:
         super().__init__()
-        self.norm1, self.conv1 = norm(cin, groups), nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2, self.conv2 = norm(cout, groups), nn.Conv2d(cout, cout, 3, padding=1)
+        self.norm1, self.conv1 = norm(cin, groups), conv3(cin, cout, padding)
+        self.norm2, self.conv2 = norm(cout, groups), conv3(cout, cout, padding)
         self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,9 +107,10 @@ class Attention(nn.Module):
 
 
 class MidBlock(nn.Module):
-    def __init__(self, channels: int, groups: int, attention: bool) -> None:
+    def __init__(self, channels: int, groups: int, attention: bool, padding: str) -> None:
         super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock(channels, channels, groups) for _ in range(2)])
+        self.resnets = nn.ModuleList([ResnetBlock(channels, channels, groups, padding)
+                                      for _ in range(2)])
         self.attentions = nn.ModuleList([Attention(channels, groups)] if attention else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,18 +121,19 @@ class MidBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, padding: str) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+        self.mode = "constant" if padding == "zeros" else padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric pad, as in VQGAN/diffusers
+        return self.conv(F.pad(x, (0, 1, 0, 1), mode=self.mode))  # asymmetric, as in VQGAN
 
 
 class Upsample(nn.Module):
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, padding: str) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = conv3(channels, channels, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -126,13 +142,14 @@ class Upsample(nn.Module):
 class Level(nn.Module):
     """Resnets at one resolution, then an optional resampler (`downsamplers`/`upsamplers`)."""
 
-    def __init__(self, cins: list[int], cout: int, groups: int, resample: str | None) -> None:
+    def __init__(self, cins: list[int], cout: int, groups: int, resample: str | None,
+                 padding: str) -> None:
         super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock(c, cout, groups) for c in cins])
+        self.resnets = nn.ModuleList([ResnetBlock(c, cout, groups, padding) for c in cins])
         if resample == "down":
-            self.downsamplers = nn.ModuleList([Downsample(cout)])
+            self.downsamplers = nn.ModuleList([Downsample(cout, padding)])
         elif resample == "up":
-            self.upsamplers = nn.ModuleList([Upsample(cout)])
+            self.upsamplers = nn.ModuleList([Upsample(cout, padding)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for r in self.resnets:
@@ -145,14 +162,14 @@ class Level(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, c: VQConfig) -> None:
         super().__init__()
-        ch, g, n = c.block_out_channels, c.norm_num_groups, c.layers_per_block
-        self.conv_in = nn.Conv2d(c.in_channels, ch[0], 3, padding=1)
+        ch, g, n, p = c.block_out_channels, c.norm_num_groups, c.layers_per_block, c.padding
+        self.conv_in = conv3(c.in_channels, ch[0], p)
         self.down_blocks = nn.ModuleList([
             Level([ch[max(i - 1, 0)]] + [ch[i]] * (n - 1), ch[i], g,
-                  "down" if i < len(ch) - 1 else None) for i in range(len(ch))])
-        self.mid_block = MidBlock(ch[-1], g, c.mid_block_add_attention)
+                  "down" if i < len(ch) - 1 else None, p) for i in range(len(ch))])
+        self.mid_block = MidBlock(ch[-1], g, c.mid_block_add_attention, p)
         self.conv_norm_out = norm(ch[-1], g)
-        self.conv_out = nn.Conv2d(ch[-1], c.latent_channels, 3, padding=1)
+        self.conv_out = conv3(ch[-1], c.latent_channels, p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
@@ -164,14 +181,14 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, c: VQConfig) -> None:
         super().__init__()
-        ch, g, n = c.block_out_channels[::-1], c.norm_num_groups, c.layers_per_block
-        self.conv_in = nn.Conv2d(c.latent_channels, ch[0], 3, padding=1)
-        self.mid_block = MidBlock(ch[0], g, c.mid_block_add_attention)
+        ch, g, n, p = c.block_out_channels[::-1], c.norm_num_groups, c.layers_per_block, c.padding
+        self.conv_in = conv3(c.latent_channels, ch[0], p)
+        self.mid_block = MidBlock(ch[0], g, c.mid_block_add_attention, p)
         self.up_blocks = nn.ModuleList([
             Level([ch[max(i - 1, 0)]] + [ch[i]] * n, ch[i], g,
-                  "up" if i < len(ch) - 1 else None) for i in range(len(ch))])
+                  "up" if i < len(ch) - 1 else None, p) for i in range(len(ch))])
         self.conv_norm_out = norm(ch[-1], g)
-        self.conv_out = nn.Conv2d(ch[-1], c.out_channels, 3, padding=1)
+        self.conv_out = conv3(ch[-1], c.out_channels, p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.mid_block(self.conv_in(x))

@@ -54,6 +54,10 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (quantised z with straight-through gradient, loss, ids [B, h, w])."""
+        with torch.autocast(z.device.type, enabled=False):  # nearest codes in fp32 under bf16
+            return self._quantize(z.float())
+
+    def _quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ids = self.indices(z)
         if self.l2_normalize:
             z = F.normalize(z, dim=1)

@@ -61,6 +61,11 @@ class TokenizerTrainConfig(Config):
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     num_workers: int = 0
+    # a tokenizer folder / bundled name whose weights (codebook and EMA state included) start
+    # the run; its config must match `model` except for `padding` ("": from scratch)
+    init_from: str = ""
+
+    later_keys = ("init_from",)
 
     def validate(self) -> None:
         for name in ("batch_size", "steps", "grad_accum", "log_every", "eval_every", "save_every",
@@ -92,6 +97,25 @@ def random_crops(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tens
     return torch.stack([x[i, :, oy:oy + size, ox:ox + size] for i, (oy, ox) in enumerate(offsets)])
 
 
+# fields that change what a tokenizer computes but not its tensors' shapes
+WARM_START_FREE = ("padding", "norm_num_groups")
+
+
+def warm_start_tokenizer(model: VQTokenizer, source: str) -> str:
+    """Copy a trained tokenizer's weights into `model` (same tensors; padding and norm groups
+    may differ: the run then adapts the weights to them)."""
+    src = VQTokenizer.from_pretrained(source)
+    free = {k: getattr(model.config, k) for k in WARM_START_FREE}
+    if src.config.replace(**free) != model.config:
+        raise ConfigError(f"init_from {source!r}: its config differs from 'model' in more than "
+                          f"{' and '.join(WARM_START_FREE)}; accepted: a tokenizer of the same "
+                          "channels, latent size and codebook")
+    model.load_state_dict(src.state_dict())
+    changed = [f"{k} {getattr(src.config, k)} -> {v}" for k, v in free.items()
+               if getattr(src.config, k) != v]
+    return f"warm start from {source}" + (f" ({', '.join(changed)})" if changed else "")
+
+
 def train_tokenizer(cfg: TokenizerTrainConfig, out: str | Path, resume: bool = False,
                     stop_at: int | None = None) -> Path:
     """Train into run folder `out` (metrics.jsonl, samples/, checkpoints/, tokenizer/).
@@ -103,6 +127,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out: str | Path, resume: bool = F
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # crops and code restarts
 
     model = VQTokenizer(cfg.model).train()
+    if cfg.init_from and ckpt is None:
+        acc.print(warm_start_tokenizer(model, cfg.init_from))
     disc = PatchDiscriminator() if cfg.gan_weight > 0 else None
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)

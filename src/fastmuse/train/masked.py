@@ -33,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..config import Config, check_range
+from ..config import Config, check_choice, check_range
 from ..data.images import make_grid, to_pil
 from ..data.tokens import TokenData, TokenSplit, build_token_data
 from ..errors import ConfigError
+from ..eval.shapes_suite import CATEGORIES as SHAPES_CATEGORIES
 from ..models import TRANSFORMERS, DiT, DiTConfig, MMDiTConfig, Transformer, UViTConfig
 from ..models.autoregressive import ARTransformer, ARTransformerConfig
 from ..models.dit import latent_scale, token_latents
@@ -93,6 +94,12 @@ class TransformerTrainConfig(Config):
     sample_guidance: float = 3.0
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # shapes-suite categories measured at every eval (EMA weights, sample_steps/_guidance):
+    # the learning curve of what the images show, not only of token accuracy; () = off
+    eval_shapes: tuple[str, ...] = ()
+    eval_shapes_seeds: int = 2
+
+    later_keys = ("eval_shapes", "eval_shapes_seeds")
 
     def validate(self) -> None:
         for name in ("batch_size", "steps", "grad_accum", "log_every", "eval_every", "save_every",
@@ -100,6 +107,9 @@ class TransformerTrainConfig(Config):
             check_range(name, getattr(self, name), 1)
         for name in ("caption_dropout", "alt_caption_prob", "label_smoothing", "ema_decay", "micro_dropout"):
             check_range(name, getattr(self, name), 0.0, 1.0)
+        check_range("eval_shapes_seeds", self.eval_shapes_seeds, 1, 16)
+        for c in self.eval_shapes:
+            check_choice("eval_shapes entry", c, SHAPES_CATEGORIES)
         check_range("read_resolution", self.read_resolution, 0)
         check_range("crops", self.crops, 0)
         check_range("lr", self.lr, 0.0)
@@ -313,6 +323,17 @@ def val_groups(data: TokenData) -> dict[str, range]:
     return {n: r for n, r in zip(names, source_ranges(data.info["counts"]["val"]), strict=True) if len(r)}
 
 
+def shapes_curve_point(model: Transformer, tokenizer, encoder, cfg: TransformerTrainConfig) -> dict:
+    """Shapes-suite accuracy of `model` on cfg.eval_shapes, as metrics.jsonl keys shapes_*."""
+    from ..eval.suite import EvalSettings, shapes_accuracy
+    from ..pipeline import Pipeline, SamplerDefaults
+
+    pipe = Pipeline(model, tokenizer, encoder, SamplerDefaults(steps=cfg.sample_steps,
+                                                               guidance=cfg.sample_guidance))
+    accuracy, _, _ = shapes_accuracy(pipe, EvalSettings(seeds=cfg.eval_shapes_seeds), cfg.eval_shapes)
+    return {f"shapes_{k}": v for k, v in accuracy.items()}
+
+
 def training_data(cfg: TransformerTrainConfig, tokenizer, encoder) -> tuple[TokenData, TokenData | None]:
     """The token cache of `cfg` (with views if the model has micro-conditions or cfg asks for
     them), and for a super-resolution model the low-res cache, row for row the same images."""
@@ -456,6 +477,8 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
                 prompts, low_res = tuple(captions), low.val.tokens[rows]
             sample_grid(ema, tokenizer, encoder, prompts, cfg.sample_steps, cfg.sample_guidance,
                         low_res=low_res).save(out / "samples" / f"step-{done:06d}.png")
+            if cfg.eval_shapes and low is None:
+                logger.log({"step": done, **shapes_curve_point(ema, tokenizer, encoder, cfg)})
         if done % cfg.save_every == 0 or done == end:
             acc.wait_for_everyone()
             if acc.is_main_process:

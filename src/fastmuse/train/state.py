@@ -19,6 +19,7 @@ import torch
 
 from ..config import Config
 from ..errors import CheckpointError, DataError
+from ..fsutil import remove_stale_temps
 from ..hub import load_checkpoint, save_checkpoint
 
 TRAINER_STATE = "trainer_state.json"
@@ -116,6 +117,9 @@ def checkpoint_to_resume(run_dir: str | Path, resume: bool, acc) -> Path | None:
         raise DataError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
     if not resume and (run_dir / "checkpoints").exists():
         raise DataError(f"{run_dir} already holds a run; pass --resume or choose another --out")
+    if resume and acc.is_main_process:  # what killed saves left: each as big as a checkpoint
+        for stale in remove_stale_temps(run_dir) + remove_stale_temps(run_dir / "checkpoints"):
+            acc.print(f"removed {stale} (left by an interrupted save)")
     acc.wait_for_everyone()
     return ckpt
 
