@@ -152,3 +152,13 @@ def test_code_entropy_bits():
 
     assert code_entropy_bits(torch.tensor([5, 5, 5, 5, 0])) == pytest.approx(2.0)
     assert code_entropy_bits(torch.tensor([0, 9, 0])) == 0.0
+
+
+def test_flat_patch_share_counts_codes_per_flat_colour():
+    from fastmuse.tokenizer.evaluate import flat_patch_share
+
+    images = torch.ones(2, 3, 16, 16)
+    images[:, :, 8:, :] = -1.0  # bottom half black: 8 white and 8 black 4x4 patches per image
+    tokens = torch.tensor([[[1, 1, 1, 1], [1, 1, 1, 2], [5, 5, 5, 5], [5, 5, 5, 5]]] * 2)
+    assert flat_patch_share(images, tokens, 4, min_patches=1) == pytest.approx(30 / 32)
+    assert flat_patch_share(images, tokens, 4, min_patches=100) is None

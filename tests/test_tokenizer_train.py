@@ -122,3 +122,12 @@ def test_warm_start_across_padding_and_norm_groups(data, tmp_path):
     cfg = cfg_for(data, model=model.config, init_from=str(src), steps=4, gan_weight=0.0)
     train_tokenizer(cfg, tmp_path / "warm")
     assert TokenizerTrainConfig.load(tmp_path / "warm/config.json").init_from == str(src)
+
+
+@pytest.mark.parametrize("name", ["tokenizer-f8", "tokenizer-v2"])
+def test_shipped_tokenizer_configs_load(name):
+    from pathlib import Path
+
+    cfg = TokenizerTrainConfig.load(Path(__file__).parent.parent / "configs" / f"{name}.json")
+    assert cfg.model.padding == ("replicate" if name == "tokenizer-v2" else "zeros")
+    assert cfg.init_from == ("tokenizer-f8" if name == "tokenizer-v2" else "")

@@ -206,3 +206,10 @@ def test_shipped_configs_load(path):
             return
     cfg = TransformerTrainConfig.load(path)
     assert cfg.model.resolution == 128 and cfg.text_encoder == cfg.model.text_encoder == "minilm"
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("configs/ablations/*.json")),
+                         ids=lambda p: p.name)
+def test_ablation_configs_load(path):
+    cfg = TransformerTrainConfig.load(path)
+    assert cfg.tokenizer == cfg.model.tokenizer and cfg.eval_shapes

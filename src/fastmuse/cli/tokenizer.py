@@ -9,7 +9,7 @@ from pathlib import Path
 from ..fsutil import atomic_write_text
 from .common import add_train_parser, load_train_config, positive
 
-DEFAULT_TOKENIZER = "tokenizer-f8"
+DEFAULT_TOKENIZER = "tokenizer-v2"
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -64,7 +64,7 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAction) -> None:
     add_train_parser(train_sub, "tokenizer", "train a VQ image tokenizer",
-                     "Train a VQ tokenizer from a TokenizerTrainConfig JSON (see configs/tokenizer-f8.json).",
+                     "Train a VQ tokenizer from a TokenizerTrainConfig JSON (see configs/tokenizer-v2.json).",
                      "run folder: metrics.jsonl, samples/, checkpoints/, tokenizer/", cmd_train)
 
     tok = sub.add_parser("tokenizer", help="use a VQ image tokenizer")

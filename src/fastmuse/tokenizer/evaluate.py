@@ -32,10 +32,33 @@ def evaluate_recon(model: VQTokenizer, images: torch.Tensor, batch_size: int = 1
     counts = torch.bincount(torch.cat(ids), minlength=model.codebook_size)
     used = int((counts > 0).sum())
     bits = code_entropy_bits(counts)
+    grid = torch.cat(ids).view(len(images), images.shape[2] // model.downsample, -1)
     return {"psnr": psnr(recon, images).mean().item(), "ssim": ssim(recon, images).mean().item(),
             "codebook_usage": used / model.codebook_size, "codes_used": used,
             "code_entropy_bits": bits, "code_perplexity": 2.0 ** bits,
+            "flat_patch_modal_share": flat_patch_share(images, grid, model.downsample),
             "images": len(images), "recon": recon}
+
+
+def flat_patch_share(images: torch.Tensor, tokens: torch.Tensor, f: int,
+                     min_patches: int = 20) -> float | None:
+    """Same content, same code, inside real images: the token patches (f x f px) that are one
+    flat colour are grouped by colour; each group's share of patches holding its modal code,
+    averaged over patches (colours with at least `min_patches` patches; None if none). The
+    encoder sees past its patch, so context (nearby objects, the image's statistics) can
+    still change a flat patch's code; 1.0 means it never does."""
+    p = images.unfold(2, f, f).unfold(3, f, f)  # [B, 3, h, w, f, f]
+    flat = (p.amax((-1, -2)) - p.amin((-1, -2))).amax(1) < 2 / 255
+    colour = ((p[..., 0, 0] + 1) * 127.5).round().long().permute(0, 2, 3, 1)[flat]  # [N, 3]
+    key = (colour[:, 0] * 256 + colour[:, 1]) * 256 + colour[:, 2]
+    codes = tokens[flat]
+    held, total = 0, 0
+    for k in key.unique():
+        group = codes[key == k]
+        if len(group) >= min_patches:
+            held += int((group == group.mode().values).sum())
+            total += len(group)
+    return held / total if total else None
 
 
 def code_entropy_bits(counts: torch.Tensor) -> float:

@@ -66,7 +66,7 @@ class TransformerTrainConfig(Config):
     repeats: tuple[int, ...] = (1, 1)  # per source: times its samples appear per epoch
     shapes_train: int = 8000  # scenes taken from each shapes:SEED stream
     shapes_val: int = 100
-    tokenizer: str = "tokenizer-f8"
+    tokenizer: str = "tokenizer-v2"  # bundled name or folder; models keep the one they were trained on
     text_encoder: str = "minilm"
     cache_dir: str = "data/cache"
     batch_size: int = 32  # per process

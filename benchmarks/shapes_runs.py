@@ -1,0 +1,75 @@
+"""Shapes-suite accuracy of training runs side by side: the ablation table's numbers.
+
+    python benchmarks/shapes_runs.py runs/shapes64-f8 runs/shapes64-v2 [--seeds 4]
+        [--order confidence halton] [--world 90001 12345] [--out table.md] [--curves curves.png]
+
+Each run's final EMA weights (RUN/transformer) are sampled with the run's own tokenizer, text
+encoder, sample_steps and sample_guidance, on every category of the suite (shapes-v1's
+prompts, or the same categories drawn from another shapes world with --world), once per
+MaskGIT order. One markdown row per (run, world, order). --curves also draws each run's
+learning curve of shapes accuracy (the `shapes_overall` its training logged, eval_shapes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from fastmuse.eval.shapes_suite import CATEGORIES, EVAL_WORLD
+from fastmuse.eval.suite import EvalSettings, shapes_accuracy
+from fastmuse.fsutil import atomic_write_text
+from fastmuse.models import load_transformer
+from fastmuse.pipeline import Pipeline, SamplerDefaults
+from fastmuse.text import load_text_encoder
+from fastmuse.tokenizer import VQTokenizer
+from fastmuse.train.masked import TransformerTrainConfig
+from fastmuse.train.plot import plot_curves
+
+
+def run_pipeline(run: Path) -> tuple[Pipeline, TransformerTrainConfig]:
+    cfg = TransformerTrainConfig.load(run / "config.json")
+    defaults = SamplerDefaults(steps=cfg.sample_steps, guidance=cfg.sample_guidance)
+    pipe = Pipeline(load_transformer(run / "transformer"), VQTokenizer.from_pretrained(cfg.tokenizer),
+                    load_text_encoder(cfg.text_encoder), defaults)
+    return pipe, cfg
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--seeds", type=int, default=4, help="images per prompt (default 4)")
+    ap.add_argument("--order", nargs="+", default=["confidence"], choices=["confidence", "halton"])
+    ap.add_argument("--world", nargs="+", type=int, default=[EVAL_WORLD],
+                    help=f"shapes world seeds to draw the prompts from (default {EVAL_WORLD}: shapes-v1)")
+    ap.add_argument("--out", default=None, help="also write the markdown table here")
+    ap.add_argument("--curves", default=None, help="write the runs' logged shapes accuracy curves here")
+    a = ap.parse_args()
+    if a.curves:
+        records = [{"step": r["step"], f"{run.name} {k}": r[k]} for run in a.runs
+                   for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                   for k in ("shapes_overall",) if k in r]
+        keys = [f"{run.name} shapes_overall" for run in a.runs]
+        plot_curves(records, keys, title="shapes accuracy (logged during training) by step").save(a.curves)
+    head = ["run", "tokenizer", "world", "order", "overall", *CATEGORIES, "s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in a.runs:
+        pipe, cfg = run_pipeline(run)
+        for world in a.world:
+            for order in a.order:
+                pipe.defaults.order = order
+                t0 = time.perf_counter()
+                acc, _, _ = shapes_accuracy(pipe, EvalSettings(seeds=a.seeds), world=world)
+                cells = [run.name, cfg.tokenizer, world, order, f"{acc['overall']:.3f}",
+                         *(f"{acc[c]:.3f}" for c in CATEGORIES), f"{time.perf_counter() - t0:.0f}"]
+                lines.append("| " + " | ".join(map(str, cells)) + " |")
+                print(lines[-1], flush=True)
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if a.out:
+        atomic_write_text(a.out, table)
+
+
+if __name__ == "__main__":
+    main()
