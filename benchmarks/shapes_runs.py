@@ -40,6 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--seeds", type=int, default=4, help="images per prompt (default 4)")
+    ap.add_argument("--steps", type=int, default=None, help="masked models: decoding steps (default: the run's)")
     ap.add_argument("--order", nargs="+", default=["confidence"], choices=["confidence", "halton"])
     ap.add_argument("--world", nargs="+", type=int, default=[EVAL_WORLD],
                     help=f"shapes world seeds to draw the prompts from (default {EVAL_WORLD}: shapes-v1)")
@@ -52,7 +53,7 @@ def main() -> None:
                    for k in ("shapes_overall",) if k in r]
         keys = [f"{run.name} shapes_overall" for run in a.runs]
         plot_curves(records, keys, title="shapes accuracy (logged during training) by step").save(a.curves)
-    head = ["run", "tokenizer", "world", "order", "overall", *CATEGORIES, "s"]
+    head = ["run", "tokenizer", "world", "order", "steps", "overall", *CATEGORIES, "s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in a.runs:
         pipe, cfg = run_pipeline(run)
@@ -60,8 +61,9 @@ def main() -> None:
             for order in a.order:
                 pipe.defaults.order = order
                 t0 = time.perf_counter()
-                acc, _, _ = shapes_accuracy(pipe, EvalSettings(seeds=a.seeds), world=world)
-                cells = [run.name, cfg.tokenizer, world, order, f"{acc['overall']:.3f}",
+                acc, _, _ = shapes_accuracy(pipe, EvalSettings(seeds=a.seeds, steps=a.steps), world=world)
+                steps = a.steps or pipe.defaults.steps
+                cells = [run.name, cfg.tokenizer, world, order, steps, f"{acc['overall']:.3f}",
                          *(f"{acc[c]:.3f}" for c in CATEGORIES), f"{time.perf_counter() - t0:.0f}"]
                 lines.append("| " + " | ".join(map(str, cells)) + " |")
                 print(lines[-1], flush=True)
