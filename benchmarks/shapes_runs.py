@@ -40,7 +40,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--seeds", type=int, default=4, help="images per prompt (default 4)")
-    ap.add_argument("--steps", type=int, default=None, help="masked models: decoding steps (default: the run's)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="masked models: decoding steps (default: the run's sample_steps)")
     ap.add_argument("--order", nargs="+", default=["confidence"], choices=["confidence", "halton"])
     ap.add_argument("--world", nargs="+", type=int, default=[EVAL_WORLD],
                     help=f"shapes world seeds to draw the prompts from (default {EVAL_WORLD}: shapes-v1)")
