@@ -62,7 +62,7 @@ class TokenizerTrainConfig(Config):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     num_workers: int = 0
     # a tokenizer folder / bundled name whose weights (codebook and EMA state included) start
-    # the run; its config must match `model` except for `padding` ("": from scratch)
+    # the run; its config must match `model` except for padding and norm groups ("": from scratch)
     init_from: str = ""
 
     later_keys = ("init_from",)
