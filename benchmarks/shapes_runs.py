@@ -13,6 +13,7 @@ learning curve of shapes accuracy (the `shapes_overall` its training logged, eva
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -45,6 +46,8 @@ def main() -> None:
     ap.add_argument("--order", nargs="+", default=["confidence"], choices=["confidence", "halton"])
     ap.add_argument("--world", nargs="+", type=int, default=[EVAL_WORLD],
                     help=f"shapes world seeds to draw the prompts from (default {EVAL_WORLD}: shapes-v1)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="sampler defaults to override, e.g. noise=0 temperature=0.5 (numbers)")
     ap.add_argument("--out", default=None, help="also write the markdown table here")
     ap.add_argument("--curves", default=None, help="write the runs' logged shapes accuracy curves here")
     a = ap.parse_args()
@@ -54,17 +57,20 @@ def main() -> None:
                    for k in ("shapes_overall",) if k in r]
         keys = [f"{run.name} shapes_overall" for run in a.runs]
         plot_curves(records, keys, title="shapes accuracy (logged during training) by step").save(a.curves)
-    head = ["run", "tokenizer", "world", "order", "steps", "overall", *CATEGORIES, "s"]
+    overrides = {k: float(v) for k, v in (item.split("=", 1) for item in a.set)}
+    head = ["run", "tokenizer", "world", "order", "steps", "sampler", "overall", *CATEGORIES, "s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in a.runs:
         pipe, cfg = run_pipeline(run)
+        pipe.defaults = dataclasses.replace(pipe.defaults, **overrides)
         for world in a.world:
             for order in a.order:
                 pipe.defaults.order = order
                 t0 = time.perf_counter()
                 acc, _, _ = shapes_accuracy(pipe, EvalSettings(seeds=a.seeds, steps=a.steps), world=world)
                 steps = a.steps or pipe.defaults.steps
-                cells = [run.name, cfg.tokenizer, world, order, steps, f"{acc['overall']:.3f}",
+                cells = [run.name, cfg.tokenizer, world, order, steps, " ".join(a.set) or "default",
+                         f"{acc['overall']:.3f}",
                          *(f"{acc[c]:.3f}" for c in CATEGORIES), f"{time.perf_counter() - t0:.0f}"]
                 lines.append("| " + " | ".join(map(str, cells)) + " |")
                 print(lines[-1], flush=True)
