@@ -111,3 +111,12 @@ def assert_resumes_exactly(train, cfg, root: Path, names: tuple[str, ...]):
         wa, wb = (load_checkpoint(root / f"{r}/checkpoints/step-000004").weights(name) for r in "ab")
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
     return result
+
+
+def png(image, fmt: str = "PNG") -> bytes:
+    """A PIL image's encoded bytes (an upload body)."""
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()

@@ -18,7 +18,7 @@ from PIL import Image
 from fastmuse.pipeline import Pipeline
 from fastmuse.serve import ServeSettings, create_app
 from fastmuse.serve.process import start_server
-from helpers import tiny_pipeline
+from helpers import png, tiny_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +36,6 @@ def client(pipe):
     with TestClient(create_app(pipe, ServeSettings(model_name="tiny", api_key="sekrit"))) as c:
         c.headers["Authorization"] = "Bearer sekrit"
         yield c
-
-
-def png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def decode(item: dict) -> Image.Image:

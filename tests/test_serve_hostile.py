@@ -2,7 +2,6 @@
 bounded time, work is bounded before it is queued, running work stops when no one waits for
 it, and the server keeps serving. A seeded fuzz list keeps the reproductions fixed."""
 
-import io
 import json
 import random
 import socket
@@ -21,7 +20,7 @@ from fastmuse.sampling.control import Cancelled, Control, check_cancelled, contr
 from fastmuse.serve import ServeSettings, create_app
 from fastmuse.serve.batcher import Batcher, Job
 from fastmuse.serve.process import start_server
-from helpers import tiny_pipeline
+from helpers import png, tiny_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +38,6 @@ def client(pipe):
     settings = ServeSettings(model_name="tiny", max_body_bytes=1 << 20)
     with TestClient(create_app(pipe, settings), raise_server_exceptions=False) as c:
         yield c
-
-
-def png(image: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt)
-    return buf.getvalue()
 
 
 def png_header_only(width: int, height: int) -> bytes:

@@ -76,14 +76,18 @@ class Config:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(read_json(path), where=str(path))
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's value; unreadable JSON is a ConfigError naming the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
 
 
 def _to_json(value: Any) -> Any:
@@ -105,7 +109,8 @@ def _build(cls: type[C], data: dict[str, Any], where: str) -> C:
             f"(accepted: {', '.join(sorted(fields))})"
         )
     for name in set(cls.later_keys) - set(data):
-        data[name] = _to_json(fields[name].default)
+        f = fields[name]
+        data[name] = _to_json(f.default if f.default_factory is dataclasses.MISSING else f.default_factory())
     missing = sorted(set(fields) - set(data))
     if missing:
         raise ConfigError(f"{where}: missing key '{missing[0]}' for {cls.__name__}")

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .config import read_json
 from .editing import EditingMixin
 from .errors import CheckpointError, ConfigError
 from .fast import check_precision, compile_forward, inference, quantize_int8
@@ -91,10 +92,7 @@ class SamplerDefaults:
         path = folder / SAMPLER_FILE
         if not path.is_file():
             return SamplerDefaults()
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        data = read_json(path)
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
         accepted = [f.name for f in fields(SamplerDefaults)]

@@ -25,14 +25,14 @@ def evaluate_recon(model: VQTokenizer, images: torch.Tensor, batch_size: int = 1
     recons, ids = [], []
     for chunk in images.split(batch_size):
         t = model.encode(chunk)
-        ids.append(t.flatten())
+        ids.append(t)
         recons.append(model.decode(t).clamp(-1, 1))
     model.train(was_training)
     recon = torch.cat(recons)
-    counts = torch.bincount(torch.cat(ids), minlength=model.codebook_size)
+    grid = torch.cat(ids)  # [N, h, w]
+    counts = torch.bincount(grid.flatten(), minlength=model.codebook_size)
     used = int((counts > 0).sum())
     bits = code_entropy_bits(counts)
-    grid = torch.cat(ids).view(len(images), images.shape[2] // model.downsample, -1)
     return {"psnr": psnr(recon, images).mean().item(), "ssim": ssim(recon, images).mean().item(),
             "codebook_usage": used / model.codebook_size, "codes_used": used,
             "code_entropy_bits": bits, "code_perplexity": 2.0 ** bits,
