@@ -147,6 +147,28 @@ def test_padding_is_a_later_key_and_checked():
         VQConfig.from_dict({**d, "padding_mode": "zeros"})
 
 
+def test_flat_snap_gives_flat_patches_their_colours_code_wherever_they_lie():
+    m = tiny(4, padding="replicate", flat_snap=0.02)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1  # noise: no flat patch
+    x[0, :, 8:16, 0:8] = torch.tensor([1.0, 1.0, 1.0])[:, None, None]  # white, at two places
+    x[1, :, 24:32, 16:24] = torch.tensor([1.0, 1.0, 1.0])[:, None, None]
+    x[1, :, 0:8, 0:8] = torch.tensor([-0.5, 0.2, 0.9])[:, None, None]
+    with torch.no_grad():
+        t = m.encode(x)
+        plain = m.quantize.indices(m.encode_latents(x))
+        white = m.encode(flat((1.0, 1.0, 1.0), 8))[0, 0, 0]
+        blue = m.encode(flat((-0.5, 0.2, 0.9), 8))[0, 0, 0]
+    assert t[0, 1, 0] == white and t[1, 3, 2] == white and t[1, 0, 0] == blue
+    others = torch.ones_like(t, dtype=torch.bool)
+    others[0, 1, 0] = others[1, 3, 2] = others[1, 0, 0] = False
+    assert torch.equal(t[others], plain[others])  # patches that are not flat keep their codes
+    m.train()
+    recon, _, ids = m(x)  # the decoder trains on the snapped codes
+    assert recon.shape == x.shape and torch.equal(ids, t)
+    assert VQConfig.from_dict({k: v for k, v in VQConfig().to_dict().items()
+                               if k != "flat_snap"}).flat_snap == 0.0  # folders from before the key
+
+
 def test_code_entropy_bits():
     from fastmuse.tokenizer.evaluate import code_entropy_bits
 

@@ -15,7 +15,8 @@ from fastmuse.data.tokens import TokenData
 from fastmuse.errors import ConfigError, DataError
 from fastmuse.hub import load_checkpoint
 from fastmuse.models import MaskedTransformer, MaskedTransformerConfig, MMDiTConfig, UViTConfig
-from fastmuse.train.masked import TransformerTrainConfig, random_mask, train_transformer, weights_checksum
+from fastmuse.train.masked import (TransformerTrainConfig, masked_loss, random_mask, train_transformer,
+                                   weights_checksum)
 from helpers import tiny_dataset, tiny_text_encoder, tiny_tokenizer
 
 
@@ -104,11 +105,29 @@ def test_random_mask_counts():
     assert 0.5 < mask.float().mean() < 0.8  # E[cos(pi/2 U)] = 2/pi
 
 
+def test_loss_weighting_token_or_image():
+    logits = torch.randn(3, 2, 2, 5)
+    tokens = torch.randint(0, 5, (3, 2, 2))
+    mask = torch.zeros(3, 2, 2, dtype=torch.bool)
+    mask[0] = True  # 4 masked tokens
+    mask[1, 0, 0] = True  # 1
+    mask[2, 1] = True  # 2
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 2), tokens.flatten(), reduction="none").view(3, 4)
+    m = mask.flatten(1)
+    model = lambda inputs, text: logits  # noqa: E731
+    token, _ = masked_loss(model, tokens, mask, tokens, None, weighting="token")
+    image, _ = masked_loss(model, tokens, mask, tokens, None, weighting="image")
+    assert torch.allclose(token, ce[m].mean())
+    assert torch.allclose(image, torch.stack([ce[i][m[i]].mean() for i in range(3)]).mean())
+
+
 def test_config_errors(parts):
     with pytest.raises(ConfigError, match="repeats"):
         cfg_for(parts, repeats=(1, 2))
     with pytest.raises(ConfigError, match="caption_dropout"):
         cfg_for(parts, caption_dropout=1.5)
+    with pytest.raises(ConfigError, match="loss_weighting': 'pixel' is not one of 'token', 'image'"):
+        TransformerTrainConfig.from_dict({**cfg_for(parts).to_dict(), "loss_weighting": "pixel"})
 
 
 def _free_port() -> int:

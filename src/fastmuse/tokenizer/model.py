@@ -47,14 +47,21 @@ class VQConfig(Config):
     # gets other codes at the edge; "replicate" keeps a flat image flat at every layer, so
     # it encodes to one code everywhere.
     padding: Literal["zeros", "replicate"] = "zeros"
+    # > 0: a patch (one token's f x f pixels) whose pixels all lie within this distance
+    # (in [-1, 1] units, per channel) of the patch mean gets the code of a flat image of that
+    # mean colour, wherever it lies. Without it the encoder hides neighbouring objects' edges
+    # in the codes of flat background patches, so "white" has a hundred codes a generator must
+    # guess (docs/masked-vs-ar.md).
+    flat_snap: float = 0.0
 
-    later_keys = ("padding",)
+    later_keys = ("padding", "flat_snap")
 
     def validate(self) -> None:
         check_range("len(block_out_channels)", len(self.block_out_channels), 1, 6)
         check_range("layers_per_block", self.layers_per_block, 1, 8)
         check_range("num_vq_embeddings", self.num_vq_embeddings, 2, 1 << 20)
         check_range("ema_decay", self.ema_decay, 0.0, 1.0)
+        check_range("flat_snap", self.flat_snap, 0.0, 2.0)
         for name in ("in_channels", "out_channels", "latent_channels", "vq_embed_dim", "norm_num_groups"):
             check_size(name, getattr(self, name))
         for c in self.block_out_channels:
@@ -244,7 +251,33 @@ class VQTokenizer(nn.Module, PretrainedMixin):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B,3,H,W] in [-1,1] -> token ids LongTensor[B, H/f, W/f]."""
-        return self.quantize.indices(self.encode_latents(images))
+        ids = self.quantize.indices(self.encode_latents(images))
+        return self.snap_flat(images, ids) if self.config.flat_snap else ids
+
+    def flat_patches(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bool [B, h, w]: the patch is flat within `flat_snap`, its mean colour [B, 3, h, w])."""
+        b, ch, hh, ww = images.shape
+        f = self.downsample
+        patches = images.reshape(b, ch, hh // f, f, ww // f, f)
+        mean = patches.mean(dim=(3, 5))
+        spread = (patches - mean[:, :, :, None, :, None]).abs().amax(dim=(1, 3, 5))
+        return spread <= self.config.flat_snap, mean
+
+    @torch.no_grad()
+    def snap_flat(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """`ids` with every flat patch's code replaced by the code of a flat image of its
+        colour (colours rounded to 8 bits, each distinct one encoded once)."""
+        flat, mean = self.flat_patches(images)
+        if not flat.any():
+            return ids
+        colours = ((mean.permute(0, 2, 3, 1)[flat] + 1) * 127.5).round()
+        unique, which = colours.unique(dim=0, return_inverse=True)
+        f = self.downsample
+        swatches = (unique / 127.5 - 1)[:, :, None, None].expand(-1, -1, f, f).contiguous()
+        codes = self.quantize.indices(self.encode_latents(swatches))[:, 0, 0]
+        ids = ids.clone()
+        ids[flat] = codes[which]
+        return ids
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Quantised (or any) latents [B,D,h,w] -> images [B,3,H,W] (about [-1,1])."""
@@ -258,6 +291,12 @@ class VQTokenizer(nn.Module, PretrainedMixin):
         return self.decode_latents(self.quantize.lookup(tokens))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training pass: (reconstruction, quantiser loss, token ids)."""
+        """Training pass: (reconstruction, quantiser loss, token ids). With `flat_snap` the
+        decoder sees the flat patches' snapped codes, so it learns to draw every edge from
+        the codes of the patches the edge crosses."""
         zq, qloss, ids = self.quantize(self.encode_latents(images))
+        if self.config.flat_snap:
+            snapped = self.snap_flat(images, ids)
+            zq = torch.where((snapped != ids)[:, None], self.quantize.lookup(snapped).to(zq.dtype), zq)
+            ids = snapped
         return self.decode_latents(zq), qloss, ids

@@ -98,7 +98,7 @@ def random_crops(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tens
 
 
 # fields that change what a tokenizer computes but not its tensors' shapes
-WARM_START_FREE = ("padding", "norm_num_groups")
+WARM_START_FREE = ("padding", "norm_num_groups", "flat_snap")
 
 
 def warm_start_tokenizer(model: VQTokenizer, source: str) -> str:

@@ -78,6 +78,10 @@ class TransformerTrainConfig(Config):
     grad_clip: float = 1.0
     grad_accum: int = 1
     label_smoothing: float = 0.1
+    # "token": cross-entropy averaged over every masked token of the batch (MaskGIT), so a
+    # nearly fully masked grid weighs ~10x a nearly complete one; "image": averaged per grid,
+    # then over grids, so every mask ratio weighs the same
+    loss_weighting: Literal["token", "image"] = "token"
     caption_dropout: float = 0.1
     alt_caption_prob: float = 0.2  # use one of a sample's alternative captions
     read_resolution: int = 0  # px the images are read at before views are made (0: model.resolution)
@@ -99,7 +103,7 @@ class TransformerTrainConfig(Config):
     eval_shapes: tuple[str, ...] = ()
     eval_shapes_seeds: int = 2
 
-    later_keys = ("eval_shapes", "eval_shapes_seeds")
+    later_keys = ("eval_shapes", "eval_shapes_seeds", "loss_weighting")
 
     def validate(self) -> None:
         for name in ("batch_size", "steps", "grad_accum", "log_every", "eval_every", "save_every",
@@ -182,12 +186,17 @@ def batch_conditions(mcfg, split: TokenSplit, low: TokenSplit | None, idx: list[
 
 
 def masked_loss(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor, inputs: torch.Tensor,
-                text, label_smoothing: float = 0.0, **cond) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy and accuracy on the masked positions only (`cond`: micro / low_res)."""
+                text, label_smoothing: float = 0.0, weighting: str = "token",
+                **cond) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy and accuracy on the masked positions only (`cond`: micro / low_res;
+    `weighting`: see TransformerTrainConfig.loss_weighting)."""
     logits = model(inputs, text, **cond)[mask].float()
     target = tokens[mask]
-    loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-    return loss, (logits.argmax(-1) == target).float().mean()
+    ce = F.cross_entropy(logits, target, label_smoothing=label_smoothing, reduction="none")
+    if weighting == "image":  # each grid's masked tokens share one unit of weight
+        per_grid = mask.flatten(1).sum(1)
+        ce = ce / per_grid.repeat_interleave(per_grid).to(ce.dtype) * (len(ce) / len(per_grid))
+    return ce.mean(), (logits.argmax(-1) == target).float().mean()
 
 
 def loss_inputs(tokens: torch.Tensor, mcfg: MaskedTransformerConfig,
@@ -209,7 +218,8 @@ def diffusion_loss(model: torch.nn.Module, sigma_d: float, x0: torch.Tensor, tex
 
 
 def training_loss(model: torch.nn.Module, mcfg, x: torch.Tensor, text, gen: torch.Generator,
-                  label_smoothing: float, device, **cond) -> tuple[torch.Tensor, dict[str, float]]:
+                  label_smoothing: float, device, weighting: str = "token",
+                  **cond) -> tuple[torch.Tensor, dict[str, float]]:
     """One batch's loss and what to log with it, for whichever family `mcfg` describes
     (x: token ids, or for a DiT their latents; `cond`: micro / low_res of a masked model)."""
     if isinstance(mcfg, DiTConfig):
@@ -217,7 +227,7 @@ def training_loss(model: torch.nn.Module, mcfg, x: torch.Tensor, text, gen: torc
         return loss, {"loss": loss.item()}
     inputs, mask = loss_inputs(x, mcfg, gen)
     loss, accuracy = masked_loss(model, x.to(device), mask.to(device), inputs.to(device), text,
-                                 label_smoothing, **cond)
+                                 label_smoothing, weighting, **cond)
     return loss, {"loss": loss.item(), "acc": accuracy.item()}
 
 
@@ -450,7 +460,7 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
                     cond = {} if diffusion else {k: v.to(acc.device) for k, v in batch_conditions(
                         mcfg, data.train, low.train if low else None, idx, gen, cfg.micro_dropout).items()}
                     loss, metrics = training_loss(model, mcfg, batch, text, gen, cfg.label_smoothing,
-                                                  acc.device, **cond)
+                                                  acc.device, cfg.loss_weighting, **cond)
                 acc.backward(loss)
                 if acc.sync_gradients:
                     logs["grad_norm"] = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
