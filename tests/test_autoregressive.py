@@ -16,11 +16,11 @@ from helpers import tiny_pipeline
 from test_train_transformer import cfg_for, parts  # noqa: F401  (fixture)
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=[False, True], ids=["learned-positions", "rope"])
+def model(request):
     torch.manual_seed(0)
     m = ARTransformer(ARTransformerConfig(codebook_size=32, grid=4, dim=32, depth=2, heads=2, text_dim=8,
-                                          pooled_dim=8))
+                                          pooled_dim=8, rope=request.param))
     for p in m.parameters():  # adaLN-Zero starts as the identity: randomise to test the maths
         torch.nn.init.normal_(p, std=0.1)
     return m.eval()

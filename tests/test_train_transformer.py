@@ -15,8 +15,13 @@ from fastmuse.data.tokens import TokenData
 from fastmuse.errors import ConfigError, DataError
 from fastmuse.hub import load_checkpoint
 from fastmuse.models import MaskedTransformer, MaskedTransformerConfig, MMDiTConfig, UViTConfig
-from fastmuse.train.masked import (TransformerTrainConfig, masked_loss, random_mask, train_transformer,
-                                   weights_checksum)
+from fastmuse.train.masked import (
+    TransformerTrainConfig,
+    masked_loss,
+    random_mask,
+    train_transformer,
+    weights_checksum,
+)
 from helpers import tiny_dataset, tiny_text_encoder, tiny_tokenizer
 
 
@@ -112,7 +117,8 @@ def test_loss_weighting_token_or_image():
     mask[0] = True  # 4 masked tokens
     mask[1, 0, 0] = True  # 1
     mask[2, 1] = True  # 2
-    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 2), tokens.flatten(), reduction="none").view(3, 4)
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 2), tokens.flatten(), reduction="none")
+    ce = ce.view(3, 4)
     m = mask.flatten(1)
     model = lambda inputs, text: logits  # noqa: E731
     token, _ = masked_loss(model, tokens, mask, tokens, None, weighting="token")

@@ -5,6 +5,7 @@ import torch
 
 from fastmuse.errors import ConfigError
 from fastmuse.models import MaskedTransformer, MaskedTransformerConfig, TextContext
+from fastmuse.models.rope import apply_rope
 from fastmuse.text import TextEmbedding
 
 CFG = MaskedTransformerConfig(codebook_size=16, grid=4, dim=32, depth=2, heads=2, text_dim=8,
@@ -74,8 +75,35 @@ def test_save_load_roundtrip(model, tmp_path):
     torch.testing.assert_close(back(tokens, text(2, 3)), model(tokens, text(2, 3)))
 
 
+def test_rope_scores_depend_on_the_offset_only(model):
+    """A query and a key placed at (r, c) and (r + dr, c + dc) score the same wherever that
+    pair lies on the grid; rows and columns turn different channels."""
+    m = MaskedTransformer(CFG.replace(grid=8, rope=True))
+    cos, sin = m.rope(8, 8)  # [8*8, head_dim/2]
+    q, k = torch.randn(16), torch.randn(16)
+
+    def score(a, b):
+        at = lambda v, rc: apply_rope(v[None], cos[rc[0] * 8 + rc[1]][None], sin[rc[0] * 8 + rc[1]][None])[0]  # noqa: E731
+        return float(at(q, a) @ at(k, b))
+
+    assert score((1, 2), (3, 5)) == pytest.approx(score((4, 0), (6, 3)), abs=1e-4)
+    assert score((1, 2), (3, 5)) != pytest.approx(score((1, 2), (5, 3)), abs=1e-3)
+    plain = MaskedTransformer(CFG)
+    plain.load_state_dict(model.state_dict())  # rope adds no tensors
+    with_rope = MaskedTransformer(CFG.replace(rope=True))
+    with_rope.load_state_dict(model.state_dict())
+    tokens = torch.randint(0, 16, (2, 4, 4))
+    with torch.no_grad():
+        assert not torch.allclose(plain(tokens, text(2, 3)), with_rope(tokens, text(2, 3)))
+    d = CFG.to_dict()
+    del d["rope"]  # configs written before the key
+    assert MaskedTransformerConfig.from_dict(d).rope is False
+
+
 def test_config_errors():
     with pytest.raises(ConfigError, match="heads"):
         MaskedTransformerConfig(dim=30, heads=4)
+    with pytest.raises(ConfigError, match="head width"):
+        MaskedTransformerConfig(dim=36, heads=6, rope=True)
     with pytest.raises(ConfigError, match="depth"):
         MaskedTransformerConfig(depth=0)

@@ -50,10 +50,12 @@ class ARTransformer(MaskedTransformer):
             raise ConfigError(f"token grid {h}x{w}; the autoregressive model reads its full {g}x{g} grid")
         seq = tokens.reshape(b, h * w)
         ids = torch.cat([seq.new_full((b, 1), self.bos_id), seq[:, :-1]], 1)
-        return self.run(ids, self.positions(g, g), ctx).view(b, h, w, -1)
+        return self.run(ids, self.positions(g, g), ctx, rope=self.rope(g, g)).view(b, h, w, -1)
 
     def step(self, prev: torch.Tensor, index: int, ctx: TextContext, caches: list[KVCache]) -> torch.Tensor:
         """Logits [B, K] of position `index` given the previous token prev [B] (BOS at 0)."""
         g = self.config.grid
         pos = self.positions(g, g)[index:index + 1]
-        return self.run(prev[:, None], pos, ctx, caches)[:, 0]
+        rope = self.rope(g, g)
+        rope = None if rope is None else rope[:, index:index + 1]
+        return self.run(prev[:, None], pos, ctx, caches, rope)[:, 0]

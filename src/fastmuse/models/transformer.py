@@ -38,6 +38,7 @@ from ..config import Config, check_range, check_size
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
+from .rope import apply_rope, grid_ids, rope_table
 
 MICRO_CONDS = ("orig_size", "crop_top", "crop_left", "score")  # what data/tokens.py records
 MICRO_DIM = 64  # sinusoid width per micro-condition
@@ -59,6 +60,13 @@ class MaskedTransformerConfig(Config):
     resolution: int = 128  # pixels = grid * tokenizer downsampling
     micro_conds: tuple[str, ...] = ()  # names, a subset of MICRO_CONDS in that order
     low_res_grid: int = 0  # > 0: a super-resolution stage, conditioned on this low-res token grid
+    # 2D rotary position embedding in self-attention (half of each head's channels rotate with
+    # the row, half with the column): attention scores then depend on relative offsets, so
+    # "look at my neighbours" is there from the first step instead of being learned from
+    # absolute embeddings (Meissonic, FLUX use axial RoPE too)
+    rope: bool = False
+
+    later_keys = ("rope",)
 
     def validate(self) -> None:
         for name in ("codebook_size", "grid", "dim", "depth", "heads", "text_dim", "pooled_dim",
@@ -67,6 +75,9 @@ class MaskedTransformerConfig(Config):
         check_range("mlp_ratio", self.mlp_ratio, 0.0)
         if self.dim % self.heads:
             raise ConfigError(f"'dim' is {self.dim}; accepted: a multiple of 'heads' ({self.heads})")
+        if self.rope and (self.dim // self.heads) % 4:
+            raise ConfigError(f"'rope' needs a head width (dim / heads = {self.dim // self.heads}) that is a "
+                              "multiple of 4")
         if list(self.micro_conds) != [m for m in MICRO_CONDS if m in self.micro_conds]:
             raise ConfigError(f"'micro_conds' is {list(self.micro_conds)}; accepted: distinct names from "
                               f"{', '.join(MICRO_CONDS)}, in that order")
@@ -91,7 +102,8 @@ class MaskedTransformerConfig(Config):
                "added to the positions it covers" if self.low_res_grid else "")
         return (f"dim {self.dim}, depth {self.depth}, heads {self.heads}, MLP x{self.mlp_ratio}; "
                 "self-attention + cross-attention to the text states + MLP per block, adaLN-Zero "
-                f"modulation from the pooled text{micro}; learned row + column position embeddings{low}")
+                f"modulation from the pooled text{micro}; learned row + column position embeddings"
+                f"{' + 2D rotary embeddings in self-attention' if self.rope else ''}{low}")
 
 
 def micro_names(cfg: Config) -> tuple[str, ...]:
@@ -191,12 +203,16 @@ class Block(nn.Module):
         return self._heads(k), self._heads(v)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
-                text_mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+                text_mask: torch.Tensor, cache: KVCache | None = None,
+                rope: torch.Tensor | None = None) -> torch.Tensor:
         """`cache`: x is the next single position of a causal sequence whose earlier keys and
-        values the cache holds (it attends to all of them and appends its own)."""
+        values the cache holds (it attends to all of them and appends its own). `rope`: the
+        cos/sin table [2, N, head_dim/2] of x's positions, or None."""
         b, n, d = x.shape
         s1, sc1, g1, s2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)
         q, k, v = (self._heads(t) for t in self.qkv(modulate(self.norm1(x), s1, sc1)).chunk(3, dim=-1))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.add(k, v)
         a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal and cache is None)
@@ -328,19 +344,30 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
         if self.config.low_res_grid and (ctx.grid is None or (h, w) != (g, g)):
             raise ConfigError(f"this super-resolution model predicts whole {g}x{g} grids from "
                               f"{self.config.low_res_grid}x{self.config.low_res_grid} low_res tokens")
-        return self.run(tokens.reshape(b, h * w), self.positions(h, w), ctx).view(b, h, w, -1)
+        return self.run(tokens.reshape(b, h * w), self.positions(h, w), ctx, rope=self.rope(h, w)
+                        ).view(b, h, w, -1)
 
     def positions(self, h: int, w: int) -> torch.Tensor:
         """Position embeddings [h*w, dim] of an h x w grid in raster order."""
         return (self.row_emb[:h, None, :] + self.col_emb[None, :w, :]).reshape(h * w, -1)
 
+    def rope(self, h: int, w: int) -> torch.Tensor | None:
+        """The RoPE cos/sin table [2, h*w, head_dim/2] of an h x w grid: half of each head's
+        channel pairs turn with the row, half with the column (None without `rope`)."""
+        cfg = self.config
+        if not cfg.rope:
+            return None
+        half = cfg.dim // cfg.heads // 2
+        return rope_table(grid_ids(h, w, self.row_emb.device)[:, 1:], (half, half))
+
     def run(self, ids: torch.Tensor, pos: torch.Tensor, ctx: TextContext,
-            caches: list[KVCache] | None = None) -> torch.Tensor:
-        """ids [B, N] + position embeddings [N, dim] -> logits [B, N, codebook_size]."""
+            caches: list[KVCache] | None = None, rope: torch.Tensor | None = None) -> torch.Tensor:
+        """ids [B, N] + position embeddings [N, dim] (+ their RoPE table) -> logits
+        [B, N, codebook_size]."""
         x = self.tok_emb(ids) + pos
         if ctx.grid is not None:
             x = x + ctx.grid
         for i, (blk, kv) in enumerate(zip(self.blocks, ctx.kv, strict=True)):
-            x = blk(x, ctx.c, kv, ctx.mask, None if caches is None else caches[i])
+            x = blk(x, ctx.c, kv, ctx.mask, None if caches is None else caches[i], rope)
         shift, scale = self.ada_out(F.silu(ctx.c)).chunk(2, dim=-1)
         return self.head(modulate(self.norm_out(x), shift, scale))
