@@ -1,0 +1,138 @@
+"""Token-level diagnosis of shapes-world models: what the tokenizer allows, where the loss goes.
+
+    python benchmarks/shapes_tokens.py ceiling --tokenizer tokenizer-v2 [--resolution 64 128]
+        [--world 90001 12345]
+    python benchmarks/shapes_tokens.py context RUN [RUN ...] [--ratios 0.1 0.5 0.9] [--n 256]
+
+`ceiling`: the shapes-suite checker on the suite's own scenes, drawn at each resolution, clean
+and after a round trip through the tokenizer: the best accuracy any model predicting that
+tokenizer's codes can reach there (and whether the checker itself reads that size).
+
+`context`: held-out cross-entropy and accuracy of a training run's model, split into background
+tokens (their patch is pure white) and object tokens. A masked model is scored on the masked
+positions with a fraction `ratio` of each grid masked; an autoregressive one on every position
+given the raster prefix. How much a masked model's object accuracy rises as the ratio falls
+shows how much it reads its visible neighbours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fastmuse.data.images import to_pil, to_tensor
+from fastmuse.data.shapes import Obj, Scene, render_scene, scene_at
+from fastmuse.eval.shapes_check import check, detect
+from fastmuse.eval.shapes_suite import CATEGORIES, EVAL_WORLD, suite_items, summarise
+from fastmuse.models import ARTransformer, load_transformer
+from fastmuse.text import load_text_encoder
+from fastmuse.tokenizer import VQTokenizer
+from fastmuse.train.masked import TransformerTrainConfig
+
+HELD_OUT_WORLD = 777  # scenes no run trains on
+
+
+def scaled(scene: Scene, resolution: int) -> Scene:
+    """A suite scene (drawn for 128 px) redrawn at another resolution."""
+    f = resolution / 128
+    objects = [Obj(o.shape, o.color, tuple(round(v * f) for v in o.box)) for o in scene.objects]
+    return Scene(objects, scene.caption, scene.category, scene.relation)
+
+
+@torch.no_grad()
+def ceiling(tokenizer: str, resolutions: list[int], worlds: list[int]) -> None:
+    tok = VQTokenizer.from_pretrained(tokenizer).eval()
+    print(f"| tokenizer | world | px | images | {' | '.join(CATEGORIES)} | overall |")
+    print("|---|---|---|---|" + "---|" * (len(CATEGORIES) + 1))
+    for world in worlds:
+        items = suite_items(world=world)
+        for res in resolutions:
+            clean = [render_scene(scaled(it.scene, res), res) for it in items]
+            recon = tok.decode(tok.encode(torch.stack([to_tensor(im) for im in clean]))).clamp(-1, 1)
+            for name, images in (("clean", clean), ("round trip", [to_pil(r) for r in recon])):
+                per: dict[str, list[bool]] = {}
+                for it, im in zip(items, images, strict=True):
+                    per.setdefault(it.spec.category, []).append(check(detect(im), it.spec))
+                acc = summarise(per)
+                print(f"| {tokenizer} | {world} | {res} | {name} | "
+                      + " | ".join(f"{acc[c]:.2f}" for c in CATEGORIES) + f" | **{acc['overall']:.2f}** |")
+
+
+def entropy(codes: list[int]) -> tuple[int, float]:
+    count = collections.Counter(codes)
+    n = sum(count.values())
+    return len(count), -sum(c / n * math.log(c / n) for c in count.values())
+
+
+@torch.no_grad()
+def context(runs: list[Path], ratios: list[float], n: int) -> None:
+    encoder = load_text_encoder()
+    print("| run | masked | background CE | background acc | object CE | object acc | "
+          "share of loss on background |")
+    print("|---|---|---|---|---|---|---|")
+    notes = []
+    for run in runs:
+        cfg = TransformerTrainConfig.load(run / "config.json")
+        tok = VQTokenizer.from_pretrained(cfg.tokenizer).eval()
+        model = load_transformer(run / "transformer").eval()
+        res = cfg.model.resolution
+        scenes = [scene_at(HELD_OUT_WORLD, i, res) for i in range(n)]
+        images = torch.stack([to_tensor(render_scene(s, res)) for s in scenes])
+        codes = torch.cat([tok.encode(images[i:i + 64]) for i in range(0, n, 64)])
+        g, f = codes.shape[-1], tok.downsample
+        white = (images.view(n, 3, g, f, g, f) > 0.99).all(dim=(1, 3, 5))
+        k, h = entropy(codes[white].tolist())
+        ko, ho = entropy(codes[~white].tolist())
+        share = float(white.float().mean())
+        notes.append(f"{run.name} ({cfg.tokenizer}, {res} px): {share:.0%} of tokens are background, "
+                     f"{k} codes, {h:.2f} nats; object tokens {ko} codes, {ho:.2f} nats")
+        text = encoder.encode([s.caption for s in scenes])
+        causal = isinstance(model, ARTransformer)
+        for ratio in [1.0] if causal else ratios:
+            gen = torch.Generator().manual_seed(0)
+            if causal:
+                mask, inputs = torch.ones_like(white), codes
+            else:
+                rank = torch.rand(codes.shape, generator=gen).flatten(1).argsort(1).argsort(1)
+                mask = rank.view_as(codes) < max(1, round(g * g * ratio))
+                inputs = torch.where(mask, model.mask_id, codes)
+            logits = torch.cat([model(inputs[i:i + 64], model.prepare_text(text.index(slice(i, i + 64))))
+                                for i in range(0, n, 64)]).float()
+            ce = F.cross_entropy(logits.flatten(0, 2), codes.flatten(), reduction="none").view_as(codes)
+            hit = (logits.argmax(-1) == codes).float()
+            bg, ob = white & mask, ~white & mask
+            masked = "prefix (AR)" if causal else f"{ratio:.0%}"
+            print(f"| {run.name} | {masked} | {float(ce[bg].mean()):.2f} | {float(hit[bg].mean()):.3f} | "
+                  f"{float(ce[ob].mean()):.2f} | {float(hit[ob].mean()):.3f} | "
+                  f"{float(ce[bg].sum() / ce[mask].sum()):.2f} |")
+    print()
+    for line in notes:
+        print(line)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("ceiling", help="checker accuracy on the suite's scenes after a tokenizer round trip")
+    c.add_argument("--tokenizer", default="tokenizer-v2")
+    c.add_argument("--resolution", type=int, nargs="+", default=[64, 128])
+    c.add_argument("--world", type=int, nargs="+", default=[EVAL_WORLD])
+    x = sub.add_parser("context", help="loss and accuracy on background vs object tokens")
+    x.add_argument("runs", type=Path, nargs="+")
+    x.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.5, 0.9],
+                   help="fractions of each grid masked (masked models)")
+    x.add_argument("--n", type=int, default=256, help="held-out scenes")
+    a = ap.parse_args()
+    if a.what == "ceiling":
+        ceiling(a.tokenizer, a.resolution, a.world)
+    else:
+        context(a.runs, a.ratios, a.n)
+
+
+if __name__ == "__main__":
+    main()
