@@ -184,3 +184,20 @@ def test_flat_patch_share_counts_codes_per_flat_colour():
     tokens = torch.tensor([[[1, 1, 1, 1], [1, 1, 1, 2], [5, 5, 5, 5], [5, 5, 5, 5]]] * 2)
     assert flat_patch_share(images, tokens, 4, min_patches=1) == pytest.approx(30 / 32)
     assert flat_patch_share(images, tokens, 4, min_patches=100) is None
+
+
+def test_export_stores_fp16_and_can_set_flat_snap(tmp_path):
+    from fastmuse.tokenizer.evaluate import export_tokenizer
+    from helpers import tiny_tokenizer
+
+    src = tiny_tokenizer(tmp_path / "src")
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    images[:, :, :8, :8] = 1.0  # a flat white corner: 16 f2 patches
+    plain = export_tokenizer(src, tmp_path / "fp16", images, "fp16")
+    snapped = export_tokenizer(src, tmp_path / "snap", images, "fp32", flat_snap=0.02)
+    a, b = VQTokenizer.from_pretrained(tmp_path / "fp16"), VQTokenizer.from_pretrained(tmp_path / "snap")
+    assert a.config.flat_snap == 0.0 and b.config.flat_snap == 0.02
+    assert plain["tokens_unchanged"] > 0.9 and (tmp_path / "fp16" / "recon.png").is_file()
+    with torch.no_grad():
+        corner = b.encode(images)[:, :4, :4]
+    assert (corner == corner[0, 0, 0]).all() and snapped["tokens_unchanged"] < 1.0

@@ -58,7 +58,7 @@ def cmd_export(a: argparse.Namespace) -> None:
 
     card = Path(a.card).read_text(encoding="utf-8") if a.card else None
     images = load_val_images(a.data, a.resolution, a.n)
-    print(json.dumps(export_tokenizer(a.model, a.out, images, a.dtype, card), indent=2))
+    print(json.dumps(export_tokenizer(a.model, a.out, images, a.dtype, card, a.flat_snap), indent=2))
     print(f"wrote {a.out}")
 
 
@@ -101,7 +101,7 @@ def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAct
                         description="Copy a tokenizer (a run's tokenizer/ folder or any tokenizer "
                                     "folder) to OUT, its floating tensors stored as --dtype (upcast "
                                     "at load), with a reconstruction grid of --data's val split and "
-                                    "--card as README.md. Prints the share of tokens that storing "
+                                    "--card as README.md. Prints the share of tokens that the copy "
                                     "changes and the PSNR before and after.")
     x.add_argument("--model", required=True, help="tokenizer folder or bundled name")
     x.add_argument("--out", required=True, help="folder to write")
@@ -110,4 +110,7 @@ def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAct
     x.add_argument("--n", type=positive("--n"), default=None, help="at most N val images (default all)")
     x.add_argument("--resolution", type=positive("--resolution"), default=128)
     x.add_argument("--card", default=None, help="markdown file written as the folder's README.md")
+    x.add_argument("--flat-snap", type=float, default=None, metavar="TOL",
+                   help="set the copy's flat_snap: patches flat within TOL (in [-1, 1] units) get "
+                        "their colour's code (default: keep the source's)")
     x.set_defaults(func=cmd_export)

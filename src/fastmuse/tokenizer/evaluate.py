@@ -135,17 +135,18 @@ STORE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 
 @torch.no_grad()
 def export_tokenizer(source: str | Path, out: str | Path, images: torch.Tensor, dtype: str = "fp32",
-                     card: str | None = None) -> dict[str, Any]:
+                     card: str | None = None, flat_snap: float | None = None) -> dict[str, Any]:
     """Write tokenizer `source` to the folder `out` with its floating tensors stored as `dtype`
-    (they are upcast at load), a reconstruction grid and an optional card (README.md). Returns
-    what storing costs, measured on `images`: the share of tokens that stay the same and the
-    PSNR with the stored weights next to the original's."""
+    (they are upcast at load), a reconstruction grid and an optional card (README.md);
+    `flat_snap` (not None) replaces the config's. Returns what the copy changes, measured on
+    `images`: the share of tokens that stay the same and the PSNR next to the original's."""
     from ..hub import save_checkpoint
 
     model = VQTokenizer.from_pretrained(source)
     state = {k: v.to(STORE_DTYPES[dtype]) if v.is_floating_point() else v
              for k, v in model.state_dict().items()}
-    stored = VQTokenizer(model.config)
+    config = model.config if flat_snap is None else model.config.replace(flat_snap=flat_snap)
+    stored = VQTokenizer(config)
     stored.load_state_dict(state)
     stored.eval()
     same = torch.cat([(model.encode(c) == stored.encode(c)).flatten() for c in images.split(16)])
@@ -153,6 +154,6 @@ def export_tokenizer(source: str | Path, out: str | Path, images: torch.Tensor, 
     grid = io.BytesIO()
     recon_grid(images, after.pop("recon")).save(grid, format="PNG")
     extra = {"recon.png": grid.getvalue(), **({"README.md": card.encode()} if card else {})}
-    save_checkpoint(out, model.config, {"model": state}, extra)
+    save_checkpoint(out, config, {"model": state}, extra)
     return {"dtype": dtype, "tokens_unchanged": float(same.float().mean()),
             "psnr": before["psnr"], "psnr_stored": after["psnr"], "ssim_stored": after["ssim"]}

@@ -272,7 +272,7 @@ class VQTokenizer(nn.Module, PretrainedMixin):
             return ids
         colours = ((mean.permute(0, 2, 3, 1)[flat] + 1) * 127.5).round()
         unique, which = colours.unique(dim=0, return_inverse=True)
-        f = self.downsample
+        f = 2 * self.downsample  # 2x2 tokens: a norm needs more than one value per channel
         swatches = (unique / 127.5 - 1)[:, :, None, None].expand(-1, -1, f, f).contiguous()
         codes = self.quantize.indices(self.encode_latents(swatches))[:, 0, 0]
         ids = ids.clone()
