@@ -3,6 +3,7 @@
     python benchmarks/shapes_tokens.py ceiling --tokenizer tokenizer-v2 [--resolution 64 128]
         [--world 90001 12345]
     python benchmarks/shapes_tokens.py context RUN [RUN ...] [--ratios 0.1 0.5 0.9] [--n 256]
+    python benchmarks/shapes_tokens.py commits RUN [--order confidence]
 
 `ceiling`: the shapes-suite checker on the suite's own scenes, drawn at each resolution, clean
 and after a round trip through the tokenizer: the best accuracy any model predicting that
@@ -13,6 +14,10 @@ tokens (their patch is pure white) and object tokens. A masked model is scored o
 positions with a fraction `ratio` of each grid masked; an autoregressive one on every position
 given the raster prefix. How much a masked model's object accuracy rises as the ratio falls
 shows how much it reads its visible neighbours.
+
+`commits`: a masked run's model decodes the suite's prompts with its own sampler settings; for
+the tokens that end up as objects (non-white patches in the decoded image) and for the rest,
+the share committed at each step.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from fastmuse.data.shapes import Obj, Scene, render_scene, scene_at
 from fastmuse.eval.shapes_check import check, detect
 from fastmuse.eval.shapes_suite import CATEGORIES, EVAL_WORLD, suite_items, summarise
 from fastmuse.models import ARTransformer, load_transformer
+from fastmuse.sampling.maskgit import maskgit_sample
 from fastmuse.text import load_text_encoder
 from fastmuse.tokenizer import VQTokenizer
 from fastmuse.train.masked import TransformerTrainConfig
@@ -115,6 +121,35 @@ def context(runs: list[Path], ratios: list[float], n: int) -> None:
         print(line)
 
 
+@torch.no_grad()
+def commits(run: Path, order: str, n: int) -> None:
+    from shapes_runs import run_pipeline
+
+    pipe, _ = run_pipeline(run)
+    prompts = [it.prompt for it in suite_items()][:n]
+    sampling = pipe.sampling(prompts, n=2, order=order)
+    mask_id = pipe.transformer.mask_id
+    g = pipe.transformer.config.grid
+    init = torch.full((len(prompts) * 2, g, g), mask_id)
+    history: list[torch.Tensor] = []
+    tokens = maskgit_sample(sampling.model, init, sampling.cond, sampling.uncond, steps=sampling.steps,
+                            guidance=sampling.guidance, generator=sampling.generator,
+                            callback=lambda i, x: history.append(x.clone()), **sampling.options)
+    step = torch.full(tokens.shape, -1)
+    for i, x in enumerate(history):
+        step = torch.where((step < 0) & (x != mask_id), i, step)
+    images = pipe.tokenizer.decode(tokens).clamp(-1, 1)
+    f = images.shape[-1] // g
+    obj = ~(images.view(len(images), 3, g, f, g, f) > 0.9).all(dim=(1, 3, 5))
+    print(f"| tokens | share | {' | '.join(f'step {i + 1}' for i in range(len(history)))} |")
+    print("|---|---|" + "---|" * len(history))
+    for name, sel in (("object", obj), ("background", ~obj)):
+        count = collections.Counter(step[sel].tolist())
+        total = sum(count.values())
+        print(f"| {name} | {total / step.numel():.2f} | "
+              + " | ".join(f"{count.get(i, 0) / total:.2f}" for i in range(len(history))) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -127,11 +162,17 @@ def main() -> None:
     x.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.5, 0.9],
                    help="fractions of each grid masked (masked models)")
     x.add_argument("--n", type=int, default=256, help="held-out scenes")
+    m = sub.add_parser("commits", help="at which step the tokens that end up as objects are committed")
+    m.add_argument("run", type=Path)
+    m.add_argument("--order", choices=["confidence", "halton"], default="confidence")
+    m.add_argument("--n", type=int, default=24, help="suite prompts (2 images each)")
     a = ap.parse_args()
     if a.what == "ceiling":
         ceiling(a.tokenizer, a.resolution, a.world)
-    else:
+    elif a.what == "context":
         context(a.runs, a.ratios, a.n)
+    else:
+        commits(a.run, a.order, a.n)
 
 
 if __name__ == "__main__":
