@@ -56,6 +56,4 @@ class ARTransformer(MaskedTransformer):
         """Logits [B, K] of position `index` given the previous token prev [B] (BOS at 0)."""
         g = self.config.grid
         pos = self.positions(g, g)[index:index + 1]
-        rope = self.rope(g, g)
-        rope = None if rope is None else rope[:, index:index + 1]
-        return self.run(prev[:, None], pos, ctx, caches, rope)[:, 0]
+        return self.run(prev[:, None], pos, ctx, caches, self.rope(g, g, slice(index, index + 1)))[:, 0]

@@ -351,14 +351,15 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
         """Position embeddings [h*w, dim] of an h x w grid in raster order."""
         return (self.row_emb[:h, None, :] + self.col_emb[None, :w, :]).reshape(h * w, -1)
 
-    def rope(self, h: int, w: int) -> torch.Tensor | None:
-        """The RoPE cos/sin table [2, h*w, head_dim/2] of an h x w grid: half of each head's
-        channel pairs turn with the row, half with the column (None without `rope`)."""
+    def rope(self, h: int, w: int, where: slice = slice(None)) -> torch.Tensor | None:
+        """The RoPE cos/sin table [2, N, head_dim/2] of the raster positions `where` of an
+        h x w grid: half of each head's channel pairs turn with the row, half with the column
+        (None without `rope`)."""
         cfg = self.config
         if not cfg.rope:
             return None
         half = cfg.dim // cfg.heads // 2
-        return rope_table(grid_ids(h, w, self.row_emb.device)[:, 1:], (half, half))
+        return rope_table(grid_ids(h, w, self.row_emb.device)[where, 1:], (half, half))
 
     def run(self, ids: torch.Tensor, pos: torch.Tensor, ctx: TextContext,
             caches: list[KVCache] | None = None, rope: torch.Tensor | None = None) -> torch.Tensor:
