@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from fastmuse.data.images import to_pil, to_tensor
-from fastmuse.data.shapes import Obj, Scene, render_scene, scene_at
+from fastmuse.data.shapes import render_scene, scene_at
 from fastmuse.eval.shapes_check import check, detect
-from fastmuse.eval.shapes_suite import CATEGORIES, EVAL_WORLD, suite_items, summarise
+from fastmuse.eval.shapes_suite import CATEGORIES, EVAL_WORLD, render_item, suite_items, summarise
 from fastmuse.models import ARTransformer, load_transformer
 from fastmuse.sampling.maskgit import maskgit_sample
 from fastmuse.text import load_text_encoder
@@ -41,13 +41,6 @@ from fastmuse.tokenizer import VQTokenizer
 from fastmuse.train.masked import TransformerTrainConfig
 
 HELD_OUT_WORLD = 777  # scenes no run trains on
-
-
-def scaled(scene: Scene, resolution: int) -> Scene:
-    """A suite scene (drawn for 128 px) redrawn at another resolution."""
-    f = resolution / 128
-    objects = [Obj(o.shape, o.color, tuple(round(v * f) for v in o.box)) for o in scene.objects]
-    return Scene(objects, scene.caption, scene.category, scene.relation)
 
 
 @torch.no_grad()
@@ -58,7 +51,7 @@ def ceiling(tokenizer: str, resolutions: list[int], worlds: list[int]) -> None:
     for world in worlds:
         items = suite_items(world=world)
         for res in resolutions:
-            clean = [render_scene(scaled(it.scene, res), res) for it in items]
+            clean = [render_item(it, res) for it in items]
             recon = tok.decode(tok.encode(torch.stack([to_tensor(im) for im in clean]))).clamp(-1, 1)
             for name, images in (("clean", clean), ("round trip", [to_pil(r) for r in recon])):
                 per: dict[str, list[bool]] = {}

@@ -14,7 +14,7 @@ from fastmuse.data.images import to_tensor
 from fastmuse.data.shapes import Obj, render_scene
 from fastmuse.eval.distribution import fd, frechet_distance, kid, tf_resize
 from fastmuse.eval.shapes_check import check, detect
-from fastmuse.eval.shapes_suite import suite_items, validate_checker
+from fastmuse.eval.shapes_suite import render_item, suite_items, validate_checker
 from fastmuse.eval.suite import EvalSettings, evaluate, table
 from fastmuse.pipeline import Pipeline
 from fastmuse.tokenizer.evaluate import evaluate_recon
@@ -59,6 +59,9 @@ def test_suite_is_pinned():
 def test_checker_passes_ground_truth_and_rejects_wrong_prompts():
     items = suite_items()
     assert validate_checker(items, ["clean", "jpeg 75"])["clean"]["overall"] == 1.0
+    # the suite's 128 px scenes drawn for a 64 px model: the same scenes, smaller
+    assert validate_checker(items, ["clean"], resolution=64)["clean"]["overall"] == 1.0
+    assert render_item(items[0], 128).tobytes() == render_scene(items[0].scene, 128).tobytes()
     wrong = 0
     for it in items:
         found = detect(render_scene(it.scene, 128))

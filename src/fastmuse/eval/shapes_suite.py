@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFilter
 
-from ..data.shapes import Scene, render_scene, scene_at
+from ..data.shapes import Obj, Scene, render_scene, scene_at
 from ..errors import ConfigError
 from .shapes_check import Spec, check, detect
 
 SUITE_VERSION = "shapes-v1"
 EVAL_WORLD = 90_001
 PER_CATEGORY = 12
+SCENE_RESOLUTION = 128  # the suite's scenes (their boxes) are drawn for this size
 MAX_SCENES = 20_000
 CATEGORIES = ("single", "colour", "two_objects", "counting", "colour_attribution", "position")
 
@@ -47,7 +48,7 @@ def suite_items(per_category: int = PER_CATEGORY, world: int = EVAL_WORLD) -> li
         if index == MAX_SCENES:  # single objects have only 36 distinct captions
             raise ConfigError(f"per_category {per_category}: not enough distinct prompts in {MAX_SCENES} "
                               "scenes; accepted: at most 18")
-        scene = scene_at(world, index, 128)
+        scene = scene_at(world, index, SCENE_RESOLUTION)
         index += 1
         cats = ("single", "colour") if scene.category == "single" else (scene.category,)
         cat = next((c for c in cats if len(want[c]) < per_category), None)
@@ -59,6 +60,15 @@ def suite_items(per_category: int = PER_CATEGORY, world: int = EVAL_WORLD) -> li
 
 
 # -- checker validation ------------------------------------------------------------------------
+def render_item(item: Item, resolution: int) -> Image.Image:
+    """The ground truth of an item drawn at `resolution`: its scene's boxes scaled from
+    SCENE_RESOLUTION, so a 64 px model's tokenizer sees the same scene, smaller."""
+    f = resolution / SCENE_RESOLUTION
+    scene = item.scene
+    objects = [Obj(o.shape, o.color, tuple(round(v * f) for v in o.box)) for o in scene.objects]
+    return render_scene(Scene(objects, scene.caption, scene.category, scene.relation), resolution)
+
+
 def _noise(sigma: float) -> Callable[[Image.Image, random.Random], Image.Image]:
     def apply(im: Image.Image, rng: random.Random) -> Image.Image:
         import numpy as np
@@ -102,7 +112,7 @@ def validate_checker(items: list[Item], corruptions: list[str] | None = None, re
         rng = random.Random(f"validate-{name}")
         per: dict[str, list[bool]] = {}
         for item in items:
-            image = CORRUPTIONS[name](render_scene(item.scene, resolution), rng)
+            image = CORRUPTIONS[name](render_item(item, resolution), rng)
             per.setdefault(item.spec.category, []).append(check(detect(image), item.spec))
         out[name] = summarise(per)
     return out

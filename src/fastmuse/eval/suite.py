@@ -31,7 +31,7 @@ from ..pipeline import MAX_IMAGES, Pipeline
 from . import SUITES
 from .machine import describe_machine
 from .shapes_check import check, detect
-from .shapes_suite import CATEGORIES, EVAL_WORLD, SUITE_VERSION, suite_items, summarise
+from .shapes_suite import CATEGORIES, EVAL_WORLD, SUITE_VERSION, render_item, suite_items, summarise
 
 
 @dataclass
@@ -105,12 +105,11 @@ def eval_speed(pipe: Pipeline, s: EvalSettings) -> dict:
 
 def eval_tokenizer(pipe: Pipeline) -> tuple[dict, object]:
     from ..data.images import to_tensor
-    from ..data.shapes import render_scene
     from ..tokenizer.evaluate import evaluate_recon, flat_consistency, recon_grid
 
     res = pipe.resolution
     sets = {"emoji_val": [emoji.render(e, res) for e in emoji.catalogue() if e.split == "val"],
-            "shapes_scenes": [render_scene(it.scene, res) for it in suite_items()]}
+            "shapes_scenes": [render_item(it, res) for it in suite_items()]}
     result, grids = {}, []
     for name, pil in sets.items():
         images = torch.stack([to_tensor(im) for im in pil])
