@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from fastmuse.cli import main
 from fastmuse.data.tokens import TokenData, colourfulness, views
@@ -228,11 +229,17 @@ def test_trains_a_micro_conditioned_base_from_views(parts, tmp_path):
     assert len(data.train) == 2 * 12 and data.train.tokens.shape[1:] == (8, 8)
     assert data.train.micro[0::2, :3].tolist() == [[16.0, 0.0, 0.0]] * 12  # whole views, then a crop each
     assert (data.train.micro[1::2, 0] > 16).all()
-    card = export_run(tmp_path / "run", tmp_path / "m", "tiny-base")
+    card = export_run(tmp_path / "run", tmp_path / "m", "tiny-base", dtype="fp16")
+    weights = load_file(card / "model.safetensors")
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
+    back = MaskedTransformer.from_pretrained(card).state_dict()  # upcast at load
+    for k, v in MaskedTransformer.from_pretrained(out).state_dict().items():
+        torch.testing.assert_close(back[k], v.half().float(), rtol=0, atol=0)
     micro = Pipeline.from_pretrained(card).defaults.micro
     assert list(micro) == list(MICRO) and micro["orig_size"] == 16.0 and micro["crop_top"] == 0.0
     assert micro["score"] == pytest.approx(float(data.train.micro[0::2, 3].median()), abs=0.05)
     assert "## Micro-conditions" in (card / "README.md").read_text()
+    assert "Stored as fp16" in (card / "README.md").read_text()
 
 
 def test_super_resolution_run_resumes_exactly(parts, tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastmuse.errors import ConfigError
-from fastmuse.models import MaskedTransformer, MaskedTransformerConfig, TextContext
+from fastmuse.models import ARTransformerConfig, MaskedTransformer, MaskedTransformerConfig, TextContext
 from fastmuse.models.rope import apply_rope
 from fastmuse.text import TextEmbedding
 
@@ -98,6 +98,29 @@ def test_rope_scores_depend_on_the_offset_only(model):
     d = CFG.to_dict()
     del d["rope"]  # configs written before the key
     assert MaskedTransformerConfig.from_dict(d).rope is False
+
+
+def test_local_mixing_reads_the_3x3_neighbourhood_and_starts_as_a_no_op(model):
+    tokens = torch.randint(0, 16, (1, 4, 4))
+    local = MaskedTransformer(CFG.replace(local=True)).eval()
+    missing = local.load_state_dict(model.state_dict(), strict=False).missing_keys
+    assert missing and all(".local." in k for k in missing)
+    with torch.no_grad():  # zero-initialised: a warm start from a model without it is exact
+        torch.testing.assert_close(local(tokens, text(1, 3)), model(tokens, text(1, 3)))
+    one = MaskedTransformer(CFG.replace(local=True, depth=1)).eval()  # one block: one 3x3 hop
+    with torch.no_grad():  # attention, cross-attention and MLP off: only the conv mixes positions
+        for layer in (one.blocks[0].ada, one.blocks[0].proj_cross):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        torch.nn.init.normal_(one.blocks[0].local.weight)
+        changed = tokens.clone()
+        changed[0, 1, 1] = (tokens[0, 1, 1] + 1) % 16
+        moved = (one(changed, text(1, 3)) - one(tokens, text(1, 3))).abs().sum(-1)[0] > 1e-6
+    near = torch.zeros(4, 4, dtype=torch.bool)
+    near[:3, :3] = True
+    assert moved[near].all() and not moved[~near].any()
+    with pytest.raises(ConfigError, match="local"):
+        ARTransformerConfig(codebook_size=16, grid=4, dim=32, depth=1, heads=2, local=True)
 
 
 def test_config_errors():

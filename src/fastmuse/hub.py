@@ -169,9 +169,10 @@ class PretrainedMixin:
         return next(p.dtype for p in self.parameters() if p.is_floating_point())  # type: ignore[attr-defined]
 
     def save_pretrained(
-        self, folder: str | os.PathLike, extra_files: Mapping[str, bytes] | None = None
+        self, folder: str | os.PathLike, extra_files: Mapping[str, bytes] | None = None, dtype: str = "fp32"
     ) -> Path:
-        return save_checkpoint(folder, self.config, {"model": self.state_dict()}, extra_files)
+        """`dtype`: how the floating tensors are stored (one of STORE_DTYPES; upcast at load)."""
+        return save_checkpoint(folder, self.config, {"model": stored(self.state_dict(), dtype)}, extra_files)
 
     @classmethod
     def from_pretrained(cls: type[M], name_or_dir: str | os.PathLike) -> M:
@@ -186,6 +187,16 @@ class PretrainedMixin:
         model = cls(config)  # type: ignore[call-arg]
         load_state_strict(model, state, where=str(ckpt.folder))
         return model.eval()
+
+
+STORE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def stored(state: Mapping[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """`state` with its floating tensors as STORE_DTYPES[dtype] (what a checkpoint stores)."""
+    if dtype not in STORE_DTYPES:
+        raise ConfigError(f"dtype is {dtype!r}; accepted: {', '.join(STORE_DTYPES)}")
+    return {k: v.to(STORE_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
 
 
 def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:

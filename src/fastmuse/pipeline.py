@@ -420,11 +420,12 @@ class Pipeline(EditingMixin):
         return self.decode(self.generate_tokens(prompts, n, steps, guidance, seed, **sampler))
 
     def save_pretrained(self, folder: str | os.PathLike, card: str | None = None,
-                        extra_files: dict[str, bytes] | None = None) -> Path:
+                        extra_files: dict[str, bytes] | None = None, dtype: str = "fp32") -> Path:
+        """The transformer (floating weights stored as `dtype`), sampler.json, card, extras."""
         files = {SAMPLER_FILE: self.defaults.to_json().encode(), **(extra_files or {})}
         if card is not None:
             files["README.md"] = card.encode()
-        return self.transformer.save_pretrained(folder, files)
+        return self.transformer.save_pretrained(folder, files, dtype)
 
 
 def _stage_configs() -> dict[str, object]:

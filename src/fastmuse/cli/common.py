@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+WEIGHT_DTYPES = ("fp32", "fp16", "bf16")  # hub.STORE_DTYPES' names (the CLI imports no torch at start)
+
 DEFAULT_MODEL = "muse-128"
 
 

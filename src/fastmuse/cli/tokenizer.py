@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..fsutil import atomic_write_text
-from .common import add_train_parser, load_train_config, positive
+from .common import WEIGHT_DTYPES, add_train_parser, load_train_config, positive
 
 DEFAULT_TOKENIZER = "tokenizer-v2"
 
@@ -105,7 +105,7 @@ def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAct
                                     "changes and the PSNR before and after.")
     x.add_argument("--model", required=True, help="tokenizer folder or bundled name")
     x.add_argument("--out", required=True, help="folder to write")
-    x.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp16")
+    x.add_argument("--dtype", choices=WEIGHT_DTYPES, default="fp16")
     x.add_argument("--data", default="data/emoji", help="folder dataset whose val split is measured")
     x.add_argument("--n", type=positive("--n"), default=None, help="at most N val images (default all)")
     x.add_argument("--resolution", type=positive("--resolution"), default=128)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_train_parser, bounded, load_train_config, positive
+from .common import WEIGHT_DTYPES, add_train_parser, bounded, load_train_config, positive
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -31,7 +31,7 @@ def cmd_export(a: argparse.Namespace) -> None:
 
     out = export_run(a.run, a.out, name=a.name or Path(a.out).name, notes=a.notes,
                      defaults=SamplerDefaults(steps=a.steps, guidance=a.guidance, top_k=a.top_k,
-                                              temperature=a.temperature))
+                                              temperature=a.temperature, order=a.order), dtype=a.dtype)
     print(f"wrote {out}")
 
 
@@ -67,4 +67,9 @@ def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAct
                    help="default sampling temperature (default 1)")
     x.add_argument("--top-k", type=bounded("--top-k", int, 0, None), default=0,
                    help="default top-k of an autoregressive model (0: all codes)")
+    x.add_argument("--order", choices=["confidence", "halton"], default="confidence",
+                   help="default MaskGIT order: which tokens each step keeps (default confidence)")
+    x.add_argument("--dtype", choices=WEIGHT_DTYPES, default="fp16",
+                   help="how the weights are stored (default fp16: half the size; the card's "
+                        "figures are made with the stored weights)")
     x.set_defaults(func=cmd_export)

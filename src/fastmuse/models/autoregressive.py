@@ -31,6 +31,9 @@ class ARTransformerConfig(MaskedTransformerConfig):
         if self.micro_conds or self.low_res_grid:
             raise ConfigError("the autoregressive baseline takes text only: 'micro_conds' must be [] and "
                               "'low_res_grid' 0")
+        if self.local:
+            raise ConfigError("'local' mixing reads all 8 neighbours, later ones too; the autoregressive "
+                              "model accepts false only")
 
 
 class ARTransformer(MaskedTransformer):

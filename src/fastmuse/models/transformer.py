@@ -65,8 +65,14 @@ class MaskedTransformerConfig(Config):
     # "look at my neighbours" is there from the first step instead of being learned from
     # absolute embeddings (Meissonic, FLUX use axial RoPE too)
     rope: bool = False
+    # a depthwise 3x3 convolution over the token grid before each block's self-attention
+    # (residual, zero-initialised): every token reads its 8 neighbours directly. Measured cause
+    # of the blobs: the masked model barely used its neighbours (docs/masked-vs-ar.md); aMUSEd's
+    # UViT and ConvNeXt-style blocks mix locally the same way. Masked models only (a causal one
+    # would see the future)
+    local: bool = False
 
-    later_keys = ("rope",)
+    later_keys = ("rope", "local")
 
     def validate(self) -> None:
         for name in ("codebook_size", "grid", "dim", "depth", "heads", "text_dim", "pooled_dim",
@@ -103,7 +109,9 @@ class MaskedTransformerConfig(Config):
         return (f"dim {self.dim}, depth {self.depth}, heads {self.heads}, MLP x{self.mlp_ratio}; "
                 "self-attention + cross-attention to the text states + MLP per block, adaLN-Zero "
                 f"modulation from the pooled text{micro}; learned row + column position embeddings"
-                f"{' + 2D rotary embeddings in self-attention' if self.rope else ''}{low}")
+                f"{' + 2D rotary embeddings in self-attention' if self.rope else ''}"
+                f"{'; a depthwise 3x3 conv over the token grid before each self-attention' * self.local}"
+                f"{low}")
 
 
 def micro_names(cfg: Config) -> tuple[str, ...]:
@@ -179,9 +187,16 @@ class KVCache:
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, causal: bool = False) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, causal: bool = False,
+                 local: bool = False) -> None:
         super().__init__()
         self.heads, self.causal = heads, causal
+        if local:  # zero-initialised: the block starts as it would be without it (warm starts)
+            self.local = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+            nn.init.zeros_(self.local.weight)
+            nn.init.zeros_(self.local.bias)
+        else:
+            self.local = None
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -204,11 +219,15 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
                 text_mask: torch.Tensor, cache: KVCache | None = None,
-                rope: torch.Tensor | None = None) -> torch.Tensor:
+                rope: torch.Tensor | None = None, hw: tuple[int, int] | None = None) -> torch.Tensor:
         """`cache`: x is the next single position of a causal sequence whose earlier keys and
         values the cache holds (it attends to all of them and appends its own). `rope`: the
-        cos/sin table [2, N, head_dim/2] of x's positions, or None."""
+        cos/sin table [2, N, head_dim/2] of x's positions, or None. `hw`: the grid x's raster
+        positions fill (for `local` mixing)."""
         b, n, d = x.shape
+        if self.local is not None:
+            grid = F.layer_norm(x, (d,), eps=1e-6).transpose(1, 2).reshape(b, d, *hw)
+            x = x + self.local(grid).flatten(2).transpose(1, 2)
         s1, sc1, g1, s2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)
         q, k, v = (self._heads(t) for t in self.qkv(modulate(self.norm1(x), s1, sc1)).chunk(3, dim=-1))
         if rope is not None:
@@ -270,7 +289,7 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
             self.micro = nn.Sequential(nn.Linear(k, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         if cfg.low_res_grid:
             self.low_emb = nn.Embedding(cfg.codebook_size, cfg.dim)
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, self.causal)
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, self.causal, cfg.local)
                                     for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(cfg.dim, 2 * cfg.dim)
@@ -344,7 +363,7 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
         if self.config.low_res_grid and (ctx.grid is None or (h, w) != (g, g)):
             raise ConfigError(f"this super-resolution model predicts whole {g}x{g} grids from "
                               f"{self.config.low_res_grid}x{self.config.low_res_grid} low_res tokens")
-        return self.run(tokens.reshape(b, h * w), self.positions(h, w), ctx, rope=self.rope(h, w)
+        return self.run(tokens.reshape(b, h * w), self.positions(h, w), ctx, rope=self.rope(h, w), hw=(h, w)
                         ).view(b, h, w, -1)
 
     def positions(self, h: int, w: int) -> torch.Tensor:
@@ -362,13 +381,14 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
         return rope_table(grid_ids(h, w, self.row_emb.device)[where, 1:], (half, half))
 
     def run(self, ids: torch.Tensor, pos: torch.Tensor, ctx: TextContext,
-            caches: list[KVCache] | None = None, rope: torch.Tensor | None = None) -> torch.Tensor:
-        """ids [B, N] + position embeddings [N, dim] (+ their RoPE table) -> logits
-        [B, N, codebook_size]."""
+            caches: list[KVCache] | None = None, rope: torch.Tensor | None = None,
+            hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """ids [B, N] + position embeddings [N, dim] (+ their RoPE table; + the h x w grid the N
+        raster positions fill, for `local` mixing) -> logits [B, N, codebook_size]."""
         x = self.tok_emb(ids) + pos
         if ctx.grid is not None:
             x = x + ctx.grid
         for i, (blk, kv) in enumerate(zip(self.blocks, ctx.kv, strict=True)):
-            x = blk(x, ctx.c, kv, ctx.mask, None if caches is None else caches[i], rope)
+            x = blk(x, ctx.c, kv, ctx.mask, None if caches is None else caches[i], rope, hw)
         shift, scale = self.ada_out(F.silu(ctx.c)).chunk(2, dim=-1)
         return self.head(modulate(self.norm_out(x), shift, scale))

@@ -130,9 +130,6 @@ def reconstruct(model: VQTokenizer, image: Image.Image | str | Path, resolution:
     return to_pil(model.decode(model.encode(x))[0])
 
 
-STORE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 @torch.no_grad()
 def export_tokenizer(source: str | Path, out: str | Path, images: torch.Tensor, dtype: str = "fp32",
                      card: str | None = None, flat_snap: float | None = None) -> dict[str, Any]:
@@ -140,17 +137,16 @@ def export_tokenizer(source: str | Path, out: str | Path, images: torch.Tensor, 
     (they are upcast at load), a reconstruction grid and an optional card (README.md);
     `flat_snap` (not None) replaces the config's. Returns what the copy changes, measured on
     `images`: the share of tokens that stay the same and the PSNR next to the original's."""
-    from ..hub import save_checkpoint
+    from ..hub import save_checkpoint, stored
 
     model = VQTokenizer.from_pretrained(source)
-    state = {k: v.to(STORE_DTYPES[dtype]) if v.is_floating_point() else v
-             for k, v in model.state_dict().items()}
+    state = stored(model.state_dict(), dtype)
     config = model.config if flat_snap is None else model.config.replace(flat_snap=flat_snap)
-    stored = VQTokenizer(config)
-    stored.load_state_dict(state)
-    stored.eval()
-    same = torch.cat([(model.encode(c) == stored.encode(c)).flatten() for c in images.split(16)])
-    before, after = evaluate_recon(model, images), evaluate_recon(stored, images)
+    copy = VQTokenizer(config)
+    copy.load_state_dict(state)
+    copy.eval()
+    same = torch.cat([(model.encode(c) == copy.encode(c)).flatten() for c in images.split(16)])
+    before, after = evaluate_recon(model, images), evaluate_recon(copy, images)
     grid = io.BytesIO()
     recon_grid(images, after.pop("recon")).save(grid, format="PNG")
     extra = {"recon.png": grid.getvalue(), **({"README.md": card.encode()} if card else {})}

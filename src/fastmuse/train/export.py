@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from ..data.images import make_grid
-from ..models import ARTransformer, DiT, load_transformer
+from ..hub import stored
+from ..models import ARTransformer, DiT, Transformer, load_transformer
 from ..models.transformer import low_res_grid, micro_names
 from ..pipeline import Pipeline, SamplerDefaults
 from ..text.encoders import load_text_encoder
@@ -30,11 +31,12 @@ from .plot import plot_curves
 CARD_PROMPTS = SAMPLE_PROMPTS  # the prompts the run's sample grids showed
 
 
-def heldout_accuracy(model: str | Path, config: str | Path) -> dict:
-    """Val-split masked-token loss/accuracy of `model` on the data of training config `config`,
-    with the captions and with every caption replaced by "" (what the text adds)."""
+def heldout_accuracy(model: str | Path, config: str | Path, loaded: Transformer | None = None) -> dict:
+    """Val-split masked-token loss/accuracy of `model` (`loaded`: already in memory) on the data
+    of training config `config`, with the captions and with every caption replaced by "" (what
+    the text adds)."""
     cfg = TransformerTrainConfig.load(config)
-    m = load_transformer(model)
+    m = loaded if loaded is not None else load_transformer(model)
     tokenizer = VQTokenizer.from_pretrained(cfg.tokenizer)
     data, low = training_data(cfg.replace(model=m.config), tokenizer, load_text_encoder(cfg.text_encoder))
     groups = val_groups(data)
@@ -57,12 +59,15 @@ def _png(image) -> bytes:
 
 
 def export_run(run: str | Path, out: str | Path, name: str, notes: str = "",
-               defaults: SamplerDefaults | None = None) -> Path:
+               defaults: SamplerDefaults | None = None, dtype: str = "fp32") -> Path:
+    """`dtype`: how the weights are stored; the card's grid and figures are made with the
+    weights rounded to it, so they show what the folder holds."""
     run = Path(run)
     cfg = TransformerTrainConfig.load(run / "config.json")
     model = load_transformer(run / "transformer")
+    model.load_state_dict(stored(model.state_dict(), dtype))  # rounded, still computed in fp32
     if isinstance(model, DiT):
-        return export_diffusion_run(run, cfg, model, out, name, notes, defaults)
+        return export_diffusion_run(run, cfg, model, out, name, notes, defaults, dtype)
     ar = isinstance(model, ARTransformer)
     defaults = defaults or SamplerDefaults()
     if ar:  # one step per token
@@ -85,7 +90,7 @@ def export_run(run: str | Path, out: str | Path, name: str, notes: str = "",
                      f"`fastmuse generate {' '.join(repr(p) for p in CARD_PROMPTS[:2])} ... --n 4 --seed 0 "
                      f"--model {name}`.")
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x]
-    ev = heldout_accuracy(run / "transformer", run / "config.json")
+    ev = heldout_accuracy(run / "transformer", run / "config.json", model)
     params = sum(p.numel() for p in model.parameters())
     w, e = ev["with_captions"], ev["empty_captions"]
     groups = list(ev["val_counts"])
@@ -123,6 +128,7 @@ with classifier-free guidance. {origin} on a 2-core CPU by fastmuse.""",
 {conditions_text(mc, cfg, d, name)}
 ## Model
 - {params / 1e6:.1f}M parameters: {mc.describe()}; {mc.codebook_size}-way logits (+1 {extra_id} id).
+  Stored as {dtype} (computed in fp32 or the precision asked for).
 - Text encoder: `{mc.text_encoder}` ({mc.text_dim}-d token states, {mc.pooled_dim}-d pooled), frozen.
 - Image tokenizer: `{mc.tokenizer}`, frozen.
 - Sampling defaults (`sampler.json`): {json.dumps(vars(d))}.
@@ -166,7 +172,7 @@ fastmuse transformer export --run runs/{name} --out src/fastmuse/assets/{name}
              "accuracy.png": _png(plot_curves(records, ["acc", "val_acc", "val_acc50"],
                                               "token accuracy")),
              "metrics.jsonl": (run / "metrics.jsonl").read_bytes()}
-    return pipe.save_pretrained(out, card=card, extra_files=files)
+    return pipe.save_pretrained(out, card=card, extra_files=files, dtype=dtype)
 
 
 def default_micro(mc, data, cfg: TransformerTrainConfig) -> dict[str, float]:
@@ -234,7 +240,7 @@ def super_res_grid(pipe: Pipeline, data, low, name: str, n: int = 8):
 
 
 def export_diffusion_run(run: Path, cfg: TransformerTrainConfig, model: DiT, out: str | Path, name: str,
-                         notes: str, defaults: SamplerDefaults | None) -> Path:
+                         notes: str, defaults: SamplerDefaults | None, dtype: str) -> Path:
     defaults = dataclasses.replace(defaults or SamplerDefaults(steps=16, guidance=1.0), sampler="ode")
     pipe = Pipeline(model, VQTokenizer.from_pretrained(cfg.tokenizer), load_text_encoder(cfg.text_encoder),
                     defaults)
@@ -242,7 +248,7 @@ def export_diffusion_run(run: Path, cfg: TransformerTrainConfig, model: DiT, out
     images = pipe(list(CARD_PROMPTS), n=4, seed=0)
     grid = make_grid(images, ncols=8, captions=[p for p in CARD_PROMPTS for _ in range(4)])
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x]
-    ev = heldout_accuracy(run / "transformer", run / "config.json")
+    ev = heldout_accuracy(run / "transformer", run / "config.json", model)
     w = ev["with_captions"]
     rows = "\n".join(f"| {g} ({n}) | {w[f'val_loss_{g}']:.4f} |" for g, n in ev["val_counts"].items())
     last = next(r for r in reversed(records) if "loss" in r)
@@ -301,4 +307,4 @@ fastmuse transformer export --run runs/{name} --out src/fastmuse/assets/{name} \
     files = {"grid.png": _png(grid), "eval.json": (json.dumps(ev, indent=2) + "\n").encode(),
              "loss.png": _png(plot_curves(records, ["loss", "val_loss"], "flow loss")),
              "metrics.jsonl": (run / "metrics.jsonl").read_bytes()}
-    return pipe.save_pretrained(out, card=card, extra_files=files)
+    return pipe.save_pretrained(out, card=card, extra_files=files, dtype=dtype)
