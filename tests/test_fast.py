@@ -104,8 +104,32 @@ def test_guidance_interval(pipe):
 
 
 def test_bad_precision(pipe):
-    with pytest.raises(ConfigError, match="precision is 'int4'; accepted: fp32, bf16, int8"):
+    with pytest.raises(ConfigError, match="precision is 'int4'; accepted: auto, fp32, bf16, int8"):
         Pipeline(pipe.transformer, pipe.tokenizer, pipe.text_encoder, precision="int4")
+
+
+def test_auto_precision_probes_once_per_machine(tmp_path, monkeypatch, capsys):
+    """auto: bf16 on a GPU; on a CPU whichever the Linear probe found faster, measured once and
+    cached per machine (the probe is not run again), fp32 where bf16 is not clearly faster."""
+    from fastmuse import fast
+
+    assert fast.check_precision("auto", "cuda") == "bf16" and fast.check_precision("auto", "meta") == "fp32"
+    probe = fast.probe_linear
+    monkeypatch.setenv("FASTMUSE_CACHE", str(tmp_path))
+    for timings, choice in (((2.0, 1.0), "bf16"), ((2.0, 1.9), "fp32")):
+        (tmp_path / "precision.json").unlink(missing_ok=True)
+        monkeypatch.setattr(fast, "probe_linear", lambda t=timings: t)
+        fast.cpu_precision.cache_clear()
+        assert fast.check_precision("auto") == choice
+        assert f"precision auto -> {choice}" in capsys.readouterr().err
+        monkeypatch.setattr(fast, "probe_linear", lambda: pytest.fail("probed twice"))
+        fast.cpu_precision.cache_clear()
+        assert fast.check_precision("auto") == choice  # from the cache file
+        cached = json.loads((tmp_path / "precision.json").read_text())
+        assert cached[fast.machine_key()]["precision"] == choice
+    fast.cpu_precision.cache_clear()
+    fp32_ms, bf16_ms = probe(rows=64, dim=32, repeat=1)  # the real probe runs
+    assert fp32_ms > 0 and bf16_ms > 0
 
 
 def test_stopwatch_times_and_removes_its_hooks():

@@ -1,6 +1,9 @@
 """Fast inference modes: the precision a Pipeline computes in, and torch.compile.
 
-    fp32  the reference.
+    auto  the CLI's default: bf16 on a GPU; on a CPU bf16 where it is faster than fp32 (measured
+          once per machine by a Linear-layer probe, cached in ~/.cache/fastmuse/precision.json),
+          else fp32. int8 stays opt-in: it changes the pictures more.
+    fp32  the reference (the Python API's default: exact and the same on every machine).
     bf16  torch.autocast over the text projection, the transformer and the VQ decoder; logits,
           softmax and sampling stay fp32 (the samplers cast logits with .float()). Fast on GPUs
           and AVX-512-BF16 CPUs; on AVX2-only CPUs torch's bf16 matmul is 7-170x slower than
@@ -21,14 +24,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import os
+import sys
+import time
 import warnings
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .fsutil import atomic_write_text
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 # The documented cost of each precision: the largest relative L2 error ||l - l_fp32|| / ||l_fp32||
 # of the transformer's logits that tests/test_fast.py accepts. What it does to sampled images is
 # measured by `fastmuse bench` (token agreement, PSNR) and the evaluation suite (FD, shapes).
@@ -36,12 +46,76 @@ TOLERANCE = {"bf16": 0.02, "int8": 0.05}
 
 
 def check_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """The precision to compute in on `device`: `precision`, checked, with "auto" resolved."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision is {precision!r}; accepted: {', '.join(PRECISIONS)}")
-    if precision == "int8" and torch.device(device).type != "cpu":
+    kind = torch.device(device).type
+    if precision == "int8" and kind != "cpu":
         raise ConfigError("precision 'int8' runs on CPU only (PyTorch's x86 int8 kernels); "
                           "on a GPU use 'bf16'")
+    if precision == "auto":
+        return "bf16" if kind == "cuda" else cpu_precision() if kind == "cpu" else "fp32"
     return precision
+
+
+def cache_dir() -> Path:
+    """Where per-machine measurements are kept: $FASTMUSE_CACHE, else $XDG_CACHE_HOME/fastmuse."""
+    if os.environ.get("FASTMUSE_CACHE"):
+        return Path(os.environ["FASTMUSE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastmuse"
+
+
+def machine_key() -> str:
+    """What the bf16-vs-fp32 answer depends on: the CPU, torch's kernels, the thread count."""
+    model = ""
+    with contextlib.suppress(OSError):
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").open()
+                      if line.startswith("model name")), "")
+    return (f"{model or os.uname().machine} | {torch.backends.cpu.get_cpu_capability()} | "
+            f"torch {torch.__version__} | {torch.get_num_threads()} threads")
+
+
+def probe_linear(rows: int = 1024, dim: int = 256, repeat: int = 3) -> tuple[float, float]:
+    """Best-of-`repeat` ms of a [rows, dim] x [dim, 4 dim] Linear (the transformer's MLP shape) in
+    fp32 and under bf16 autocast. A bf16 warm-up call over 4x the fp32 time ends the probe."""
+    x, w = torch.randn(rows, dim), torch.randn(4 * dim, dim)
+
+    def best(cast: bool) -> float:
+        times = []
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cast):
+            for _ in range(repeat + 1):  # the first call warms up
+                t0 = time.perf_counter()
+                F.linear(x, w)
+                times.append(1000 * (time.perf_counter() - t0))
+                if cast and times[0] > 4 * fp32:
+                    return times[0]  # AVX2: 7-170x slower, no need to measure it well
+        return min(times[1:])
+
+    fp32 = best(False)
+    return fp32, best(True)
+
+
+@functools.cache
+def cpu_precision() -> str:
+    """bf16 if a bf16 Linear runs clearly faster than fp32 on this CPU, else fp32: probed once
+    per machine (about a second) and cached; the choice is printed when probed."""
+    path, key = cache_dir() / "precision.json", machine_key()
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and entry.get("precision") in ("fp32", "bf16"):
+        return entry["precision"]
+    fp32_ms, bf16_ms = probe_linear()
+    choice = "bf16" if bf16_ms < 0.8 * fp32_ms else "fp32"
+    known[key] = {"precision": choice, "fp32_ms": round(fp32_ms, 3), "bf16_ms": round(bf16_ms, 3)}
+    with contextlib.suppress(OSError):  # a read-only home: probe again next time
+        atomic_write_text(path, json.dumps(known, indent=2) + "\n")
+    print(f"fastmuse: precision auto -> {choice} on this CPU (a Linear layer: bf16 {bf16_ms:.1f} ms, "
+          f"fp32 {fp32_ms:.1f} ms; kept in {path}; choose with --precision)", file=sys.stderr)
+    return choice
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:

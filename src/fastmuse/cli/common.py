@@ -96,9 +96,11 @@ def add_fast_args(p: argparse.ArgumentParser) -> None:
     """--precision and --compile: Pipeline's fast modes (fastmuse/fast.py)."""
     from ..fast import PRECISIONS
 
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (default); int8: int8 linear layers, CPU, 1.2-1.6x faster on AVX2 at a small "
-                        "quality cost; bf16: autocast, for GPUs and AVX-512-BF16 CPUs (slow on AVX2)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto (default): bf16 on a GPU and on CPUs where it is faster (probed once per "
+                        "machine, cached), else fp32; fp32: the reference; bf16: autocast (GPUs, "
+                        "AVX-512-BF16 CPUs; slow on AVX2); int8: int8 linear layers, CPU, 1.2-1.6x "
+                        "faster on AVX2 at a small quality cost")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer (the first call compiles: tens of seconds)")
 
