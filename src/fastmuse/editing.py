@@ -45,7 +45,7 @@ from .data.images import load_rgb, to_rgb, to_tensor
 from .errors import ConfigError
 from .fast import inference
 from .models import DiT
-from .sampling.maskgit import guidance_context, token_logprob
+from .sampling.maskgit import guidance_context, random, token_logprob
 from .sampling.windows import windows
 from .text.encoders import check_prompts
 
@@ -220,7 +220,8 @@ class EditingMixin:
             raise ConfigError(f"iterations is {iterations!r}; accepted: an integer >= 1")
         img, source = self._source(image)
         run = self.sampling(check_prompts(prompt), n, steps, guidance, seed, **sampler)
-        x, changed = source.expand(n, -1, -1).clone(), torch.zeros(n, *source.shape, dtype=torch.bool)
+        x, changed = source.expand(n, -1, -1).clone(), torch.zeros(n, *source.shape, dtype=torch.bool,
+                                                                     device=source.device)
         k = round(strength * source.numel())
         for _ in range(iterations if k else 0):
             score = self._confidence(run, x).view(n, -1)
@@ -288,7 +289,8 @@ class EditingMixin:
         run = self.sampling(prompts, n, steps, guidance, seed, **sampler)
         x = source.expand(n, -1, -1)
         k = round(strength * source.numel())
-        remask = (torch.rand(n, source.numel(), generator=run.generator).argsort(1).argsort(1) < k).view_as(x)
+        ranks = random((n, source.numel()), run.generator, source.device).argsort(1).argsort(1)
+        remask = (ranks < k).view_as(x)
         tokens = run.fill(torch.where(remask, self.transformer.mask_id, x), _steps(run, strength)) if k \
             else x.clone()
         return EditResult(self._decode_to(tokens, img.size), tokens, source, remask, img)
@@ -297,7 +299,7 @@ class EditingMixin:
         """token_logprob over a canvas of any size: each window scores its tokens, the lowest
         score across the windows covering a token wins."""
         ctx = guidance_context(run.cond, run.uncond, run.guidance)
-        out = torch.full(tokens.shape, math.inf)
+        out = torch.full(tokens.shape, math.inf, device=tokens.device)
         for r, c in windows(tokens.shape[1], tokens.shape[2], self.transformer.config.grid):
             score = token_logprob(self.transformer, tokens[:, r, c], ctx, run.guidance or None, run.generator)
             out[:, r, c] = torch.minimum(out[:, r, c], score)

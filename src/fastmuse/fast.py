@@ -58,6 +58,26 @@ def check_precision(precision: str, device: torch.device | str = "cpu") -> str:
     return precision
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" (a CUDA GPU if one is visible, else the CPU), "cpu", "cuda" or "cuda:N", checked."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device is {device!r}; accepted: cpu, cuda, cuda:N or auto")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ConfigError(f"device is {device!r} but this machine has no CUDA GPU that torch can use "
+                              f"(torch {torch.__version__}); accepted here: cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device is {device!r}; accepted: cuda:0 .. cuda:{count - 1} ({count} GPUs)")
+    return dev
+
+
 def cache_dir() -> Path:
     """Where per-machine measurements are kept: $FASTMUSE_CACHE, else $XDG_CACHE_HOME/fastmuse."""
     if os.environ.get("FASTMUSE_CACHE"):

@@ -34,7 +34,7 @@ from PIL import Image
 from .config import read_json
 from .editing import EditingMixin
 from .errors import CheckpointError, ConfigError
-from .fast import check_precision, compile_forward, inference, quantize_int8
+from .fast import check_precision, compile_forward, inference, quantize_int8, resolve_device
 from .hub import BUNDLED_DIR, bundled_models, resolve
 from .models import ARTransformer, DiT, MaskedTransformer, TextContext, load_transformer
 from .models.from_diffusers import load_diffusers_transformer
@@ -156,11 +156,13 @@ class SamplingRun:
 
 
 class Pipeline(EditingMixin):
-    """`precision` ("fp32", "bf16", "int8") and `compile` are the fast modes (fast.py)."""
+    """`precision` ("auto", "fp32", "bf16", "int8") and `compile` are the fast modes (fast.py);
+    `device` ("cpu", "cuda", "cuda:N", "auto"; None: where the modules are) where it all runs."""
 
     def __init__(self, transformer: MaskedTransformer | DiT, tokenizer: VQTokenizer,
                  text_encoder: TextEncoder, defaults: SamplerDefaults | None = None,
-                 precision: str = "fp32", compile: bool = False) -> None:
+                 precision: str = "fp32", compile: bool = False,
+                 device: str | torch.device | None = None) -> None:
         cfg = transformer.config
         if isinstance(transformer, DiT):
             if tokenizer.config.vq_embed_dim != cfg.channels:
@@ -169,6 +171,10 @@ class Pipeline(EditingMixin):
         elif tokenizer.codebook_size != cfg.codebook_size:
             raise ConfigError(f"tokenizer has {tokenizer.codebook_size} codes, the transformer predicts "
                               f"{cfg.codebook_size}")
+        if device is not None:
+            device = resolve_device(device)
+            transformer, tokenizer, text_encoder = (m.to(device) for m in
+                                                    (transformer, tokenizer, text_encoder))
         self.precision = check_precision(precision, next(transformer.parameters()).device)
         transformer = quantize_int8(transformer) if precision == "int8" else transformer.eval()
         self.transformer = compile_forward(transformer) if compile else transformer
@@ -390,14 +396,15 @@ class Pipeline(EditingMixin):
                 raise ConfigError("init (a token canvas) needs a masked model; this is a diffusion model")
             shape = (b, cfg.channels, cfg.grid, cfg.grid)
             return run.fill(cfg.sigma_d * random(shape, run.generator, normal=True))
-        return run.fill(torch.full((b, cfg.grid, cfg.grid), self.transformer.mask_id) if init is None else
-                        self._check_init(init, b))
+        return run.fill(torch.full((b, cfg.grid, cfg.grid), self.transformer.mask_id, device=self.device)
+                        if init is None else self._check_init(init, b))
 
     def _check_init(self, init: torch.Tensor, b: int) -> torch.Tensor:
         k = self.transformer.config.codebook_size
         if not isinstance(init, torch.Tensor) or init.ndim not in (2, 3) or init.is_floating_point():
             raise ConfigError("init must be an integer token tensor [h, w] or [B, h, w]")
-        init = init.long().expand(b, *init.shape[-2:]) if init.ndim == 2 else init.long()
+        init = init.to(self.device, torch.long)
+        init = init.expand(b, *init.shape[-2:]) if init.ndim == 2 else init
         if init.shape[0] != b:
             raise ConfigError(f"init has {init.shape[0]} rows; accepted: 1 or {b} (prompts x n)")
         mask_id = self.transformer.mask_id

@@ -103,10 +103,12 @@ def add_fast_args(p: argparse.ArgumentParser) -> None:
                         "faster on AVX2 at a small quality cost")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer (the first call compiles: tens of seconds)")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N, or auto (default: a CUDA GPU when torch sees one, else the CPU)")
 
 
 def fast_options(a: argparse.Namespace) -> dict[str, Any]:
-    return {"precision": a.precision, "compile": a.compile}
+    return {"precision": a.precision, "compile": a.compile, "device": a.device}
 
 
 def sampler_options(a: argparse.Namespace) -> dict[str, Any]:

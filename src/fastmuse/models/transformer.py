@@ -318,7 +318,7 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
             raise ConfigError("micro-conditions given, but this model has none")
         b = ctx.c.shape[0]
         if micro is None:
-            micro = torch.full((b, len(names)), float("nan"))
+            micro = torch.full((b, len(names)), float("nan"), device=ctx.c.device)
         if micro.shape != (b, len(names)):
             raise ConfigError(f"micro-conditions have shape {tuple(micro.shape)}; accepted: "
                               f"({b}, {len(names)}) for {', '.join(names)}")

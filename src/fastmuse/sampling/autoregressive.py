@@ -36,8 +36,9 @@ def ar_sample(model: ARTransformer, cond: TextContext, uncond: TextContext | Non
     ctx = guidance_context(cond, uncond, guidance)
     rows = len(ctx.c)
     caches = [KVCache() for _ in model.blocks]
-    prev = torch.full((rows,), model.bos_id, dtype=torch.long)
-    out = torch.empty(b, g * g, dtype=torch.long)
+    device = ctx.c.device
+    prev = torch.full((rows,), model.bos_id, dtype=torch.long, device=device)
+    out = torch.empty(b, g * g, dtype=torch.long, device=device)
     for i in range(g * g):
         check_cancelled()
         logits = model.step(prev, i, ctx, caches).float()

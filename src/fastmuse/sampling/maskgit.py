@@ -91,7 +91,7 @@ def halton_rank(h: int, w: int) -> torch.Tensor:
     """[h, w]: the step of the 2-D Halton sequence (bases 2 and 3) at which each grid cell is
     first hit, as ranks 0 .. h*w - 1. Cells the sequence has not hit after many points (it
     covers a grid unevenly at first) follow in raster order."""
-    rank = torch.full((h * w,), -1, dtype=torch.long)
+    rank = torch.full((h * w,), -1, dtype=torch.long, device="cpu")
     seen = 0
     for i in range(1, 64 * h * w):
         cell = int(radical_inverse(i, 2) * h) * w + int(radical_inverse(i, 3) * w)
@@ -101,7 +101,7 @@ def halton_rank(h: int, w: int) -> torch.Tensor:
             if seen == h * w:
                 break
     rest = rank < 0
-    rank[rest] = seen + torch.arange(int(rest.sum()))
+    rank[rest] = seen + torch.arange(int(rest.sum()), device="cpu")
     return rank.view(h, w)
 
 
@@ -128,12 +128,13 @@ Generators = torch.Generator | list[tuple[torch.Generator, int]] | None
 def random(shape: torch.Size | tuple[int, ...], generator: Generators, device: torch.device | str = "cpu",
            normal: bool = False) -> torch.Tensor:
     """Uniform [0, 1) (or standard normal) fp32 noise; with per-row generators, each group of
-    rows draws from its own stream."""
+    rows draws from its own stream. Drawn on the CPU (where the generators live), then moved:
+    a seed gives the same draws on every device."""
     draw = torch.randn if normal else torch.rand
     if isinstance(generator, list):
-        return torch.cat([draw((rows, *shape[1:]), generator=g, dtype=torch.float32)
+        return torch.cat([draw((rows, *shape[1:]), generator=g, dtype=torch.float32, device="cpu")
                           for g, rows in generator]).to(device)
-    return draw(shape, generator=generator, device=device, dtype=torch.float32)
+    return draw(shape, generator=generator, dtype=torch.float32, device="cpu").to(device)
 
 
 def gumbel(shape: torch.Size, generator: Generators, device: torch.device) -> torch.Tensor:
@@ -247,8 +248,8 @@ def token_logprob(model: MaskedTransformer, tokens: torch.Tensor, ctx: TextConte
     positions are split at random into `passes` groups, each group is masked in turn and
     scored with log p(token) under the (guided) logits. Mask-free editing re-masks the
     lowest-scoring tokens: the ones the new prompt disagrees with."""
-    group = torch.randint(passes, tokens.shape, generator=generator)
-    score = torch.zeros(tokens.shape)
+    group = torch.randint(passes, tokens.shape, generator=generator, device="cpu").to(tokens.device)
+    score = torch.zeros(tokens.shape, device=tokens.device)
     for p in range(passes):
         hide = group == p
         logits = guided_logits(model, torch.where(hide, model.mask_id, tokens), ctx, guidance)

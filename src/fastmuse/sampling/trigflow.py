@@ -49,7 +49,7 @@ def sample_time(n: int, p_mean: float = -1.0, p_std: float = 1.4, sigma_d: float
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """t = arctan(e^tau / sigma_d), tau ~ N(p_mean, p_std): the sCM paper's training times
     (EDM's log-normal noise levels sigma = e^tau mapped to TrigFlow time)."""
-    tau = p_mean + p_std * torch.randn(n, generator=generator)
+    tau = p_mean + p_std * torch.randn(n, generator=generator, device="cpu")  # callers move it
     return torch.atan(tau.exp() / sigma_d)
 
 
@@ -83,10 +83,10 @@ def ode_sample(velocity: Velocity, z: torch.Tensor, steps: int, solver: str = "h
     for t, s in zip(ts[:-1], ts[1:], strict=True):
         check_cancelled()
         cos, sin = math.cos(t - s), math.sin(t - s)
-        v = velocity(x, torch.full((len(x),), t, dtype=z.dtype))
+        v = velocity(x, torch.full((len(x),), t, dtype=z.dtype, device=z.device))
         x_next = cos * x - sin * v
         if solver == "heun" and s > 0:
-            v = 0.5 * (v + velocity(x_next, torch.full((len(x),), s, dtype=z.dtype)))
+            v = 0.5 * (v + velocity(x_next, torch.full((len(x),), s, dtype=z.dtype, device=z.device)))
             x_next = cos * x - sin * v
         x = x_next
     return x
@@ -107,11 +107,11 @@ def few_step_sample(velocity: Velocity, z: torch.Tensor, times: list[float], gen
     x = z
     for i, t in enumerate(times[:upto]):
         check_cancelled()
-        tt = torch.full((len(z),), t, dtype=z.dtype)
+        tt = torch.full((len(z),), t, dtype=z.dtype, device=z.device)
         if i > 0:
             x = add_noise(x, tt, SIGMA_D * random(z.shape, generator, z.device, normal=True))
         x = denoise(x, tt, velocity(x, tt))
     if upto is not None and 0 < upto < len(times):
-        tt = torch.full((len(z),), times[upto], dtype=z.dtype)
+        tt = torch.full((len(z),), times[upto], dtype=z.dtype, device=z.device)
         x = add_noise(x, tt, SIGMA_D * random(z.shape, generator, z.device, normal=True))
     return x

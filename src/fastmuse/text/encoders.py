@@ -101,23 +101,24 @@ class TextEncoder(nn.Module):
             warnings.warn(f"{len(long)} prompt(s) longer than the {self.name} text encoder's "
                           f"limit of {self.max_length} tokens were truncated (first: {long[0][:60]!r})",
                           stacklevel=2)
-        # CLIP was trained with prompts padded to 77; pad it the same way so its states match.
-        padding = "max_length" if self.family == "clip" else "longest"
-        batch = self.tokenizer(prompts, padding=padding, truncation=True,
-                               max_length=self.max_length, return_tensors="pt").to(self.device)
-        mask = batch["attention_mask"].bool()
-        if self.family == "clip":
-            out = self.model(input_ids=batch["input_ids"], output_hidden_states=True)
-            hidden, pooled = out.hidden_states[-2], out.text_embeds
-        elif self.family == "t5":
-            hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                                ).last_hidden_state
-            pooled = _masked_mean(hidden, mask)
-        else:
-            hidden = self.model(**batch).last_hidden_state
-            pooled = nn.functional.normalize(_masked_mean(hidden, mask), dim=-1)
-        if self.family == "clip":
-            mask = torch.ones_like(mask)  # CLIP's causal states at pad positions are used as-is
+        with torch.device(self.device):  # what the tokenizer and the HF model create lives there too
+            # CLIP was trained with prompts padded to 77; pad it the same way so its states match.
+            padding = "max_length" if self.family == "clip" else "longest"
+            batch = self.tokenizer(prompts, padding=padding, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt")
+            mask = batch["attention_mask"].bool()
+            if self.family == "clip":
+                out = self.model(input_ids=batch["input_ids"], output_hidden_states=True)
+                hidden, pooled = out.hidden_states[-2], out.text_embeds
+            elif self.family == "t5":
+                hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                                    ).last_hidden_state
+                pooled = _masked_mean(hidden, mask)
+            else:
+                hidden = self.model(**batch).last_hidden_state
+                pooled = nn.functional.normalize(_masked_mean(hidden, mask), dim=-1)
+            if self.family == "clip":
+                mask = torch.ones_like(mask)  # CLIP's causal states at pad positions are used as-is
         return TextEmbedding(hidden.float(), pooled.float(), mask)
 
 
