@@ -103,6 +103,10 @@ def add_fast_args(p: argparse.ArgumentParser) -> None:
                         "faster on AVX2 at a small quality cost")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer (the first call compiles: tens of seconds)")
+    add_device_arg(p)
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto",
                    help="cpu, cuda, cuda:N, or auto (default: a CUDA GPU when torch sees one, else the CPU)")
 

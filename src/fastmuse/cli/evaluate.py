@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import DEFAULT_MODEL, positive
+from .common import DEFAULT_MODEL, add_device_arg, positive
 
 
 def _steps_list(text: str) -> list[int | None]:
@@ -38,7 +38,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
         else:
             rows = a.steps or [None]
         for steps in rows:
-            s = EvalSettings(seeds=a.seeds, steps=steps, guidance=a.guidance)
+            s = EvalSettings(seeds=a.seeds, steps=steps, guidance=a.guidance, device=a.device)
             # the whole path: students of different runs are all called "student"
             label = f"{str(model).strip('/').replace('/', '_')}-{steps or 'default'}steps"
             results.append(evaluate(model, a.suite, Path(a.out) / label, s))
@@ -84,6 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "one runs (default: each student's own)")
     p.add_argument("--guidance", type=float, default=None, help="default: the model's")
     p.add_argument("--seeds", type=positive("--seeds"), default=4, help="images per prompt (default 4)")
+    add_device_arg(p)
     p.add_argument("--out", default="outputs/eval", help="results folder (default outputs/eval)")
     p.add_argument("--table", default=None, help="also write the markdown table here")
     p.set_defaults(func=cmd_eval)

@@ -40,6 +40,7 @@ class EvalSettings:
     steps: int | None = None   # None: the model's default
     guidance: float | None = None
     batch_sizes: tuple[int, ...] = (1, 4, 16)
+    device: str = "cpu"        # where the models run (cpu, cuda, cuda:N, auto); precision fp32
 
 
 def _generate(pipe: Pipeline, prompts: list[str], s: EvalSettings, desc: str) -> list:
@@ -127,7 +128,7 @@ def evaluate(model: str, suites: list[str], out: Path, s: EvalSettings) -> dict:
     unknown = [x for x in suites if x not in SUITES]
     if unknown:
         raise ConfigError(f"suite {unknown[0]!r} unknown; accepted: {', '.join(SUITES)}")
-    pipe = Pipeline.from_pretrained(model)
+    pipe = Pipeline.from_pretrained(model, device=s.device)
     out.mkdir(parents=True, exist_ok=True)
     result = {"model": model, "steps": s.steps or pipe.defaults.steps,
               "guidance": pipe.defaults.guidance if s.guidance is None else s.guidance, "seeds": s.seeds,
