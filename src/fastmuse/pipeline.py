@@ -395,7 +395,7 @@ class Pipeline(EditingMixin):
             if init is not None:
                 raise ConfigError("init (a token canvas) needs a masked model; this is a diffusion model")
             shape = (b, cfg.channels, cfg.grid, cfg.grid)
-            return run.fill(cfg.sigma_d * random(shape, run.generator, normal=True))
+            return run.fill(cfg.sigma_d * random(shape, run.generator, self.device, normal=True))
         return run.fill(torch.full((b, cfg.grid, cfg.grid), self.transformer.mask_id, device=self.device)
                         if init is None else self._check_init(init, b))
 

@@ -9,6 +9,7 @@ from typing import Any
 WEIGHT_DTYPES = ("fp32", "fp16", "bf16")  # hub.STORE_DTYPES' names (the CLI imports no torch at start)
 
 DEFAULT_MODEL = "muse-128"
+ORDERS = ("confidence", "halton")  # sampling.maskgit.ORDERS' names (the CLI imports no torch at start)
 
 
 def bounded(name: str, kind: type = int, low: float | None = None, high: float | None = None
@@ -77,7 +78,7 @@ def add_sampler_args(p: argparse.ArgumentParser, n_default: int = 1) -> None:
     p.add_argument("--guidance-interval", type=interval, default=None, metavar="LO,HI",
                    help="masked models: guide only the steps i with LO <= i/steps < HI; the others cost "
                         "half (e.g. 0,0.5; default: the model's, normally 0,1 = every step)")
-    p.add_argument("--order", default=None, choices=("confidence", "halton"),
+    p.add_argument("--order", default=None, choices=ORDERS,
                    help="masked models: which tokens each step keeps: confidence (MaskGIT, default) or "
                         "halton (a quasi-random low-discrepancy order over the grid, Halton-MaskGIT)")
     add_fast_args(p)

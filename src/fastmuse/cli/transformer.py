@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import WEIGHT_DTYPES, add_train_parser, bounded, load_train_config, positive
+from .common import ORDERS, WEIGHT_DTYPES, add_train_parser, bounded, load_train_config, positive
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAct
                    help="default sampling temperature (default 1)")
     x.add_argument("--top-k", type=bounded("--top-k", int, 0, None), default=0,
                    help="default top-k of an autoregressive model (0: all codes)")
-    x.add_argument("--order", choices=["confidence", "halton"], default="confidence",
+    x.add_argument("--order", choices=ORDERS, default="confidence",
                    help="default MaskGIT order: which tokens each step keeps (default confidence)")
     x.add_argument("--dtype", choices=WEIGHT_DTYPES, default="fp16",
                    help="how the weights are stored (default fp16: half the size; the card's "

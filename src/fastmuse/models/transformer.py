@@ -66,10 +66,10 @@ class MaskedTransformerConfig(Config):
     # absolute embeddings (Meissonic, FLUX use axial RoPE too)
     rope: bool = False
     # a depthwise 3x3 convolution over the token grid before each block's self-attention
-    # (residual, zero-initialised): every token reads its 8 neighbours directly. Measured cause
-    # of the blobs: the masked model barely used its neighbours (docs/masked-vs-ar.md); aMUSEd's
-    # UViT and ConvNeXt-style blocks mix locally the same way. Masked models only (a causal one
-    # would see the future)
+    # (residual, zero-initialised): every token reads its 8 neighbours directly, as in aMUSEd's
+    # UViT and ConvNeXt-style blocks. Tried because the masked model barely used its neighbours;
+    # at 64 px it changed neither that nor the suite (docs/masked-vs-ar.md). Masked models only
+    # (a causal one would see the future)
     local: bool = False
 
     later_keys = ("rope", "local")
