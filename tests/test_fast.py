@@ -12,7 +12,8 @@ from torch import nn
 from fastmuse.cli import main
 from fastmuse.errors import ConfigError
 from fastmuse.eval.speed import Stopwatch
-from fastmuse.fast import TOLERANCE, quantize_int8
+from fastmuse.fast import TOLERANCE
+from fastmuse.int8 import quantize_int8
 from fastmuse.pipeline import Pipeline
 from fastmuse.sampling.maskgit import combine_guidance, guidance_context, guided_logits, maskgit_sample
 from helpers import tiny_pipeline

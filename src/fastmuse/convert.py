@@ -4,7 +4,9 @@
                                (config.json kind "uvit" / "mmdit" + model.safetensors +
                                manifest), tokenizer/ (the VQ-GAN as our VQTokenizer),
                                text_encoder/ (the CLIP text model and its tokenizer files),
-                               sampler.json (the reference's sampling defaults)
+                               sampler.json (the reference's sampling defaults); with
+                               precision "int8" (any source, ours too) the transformer is
+                               stored pre-quantized
     export_amused(MODEL, OUT)  the reverse: a folder diffusers' AmusedPipeline loads
 
 Weights keep their names both ways (models/uvit.py and tokenizer/model.py use diffusers'
@@ -18,16 +20,18 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .fsutil import atomic_dir
-from .hub import DIFFUSERS_WEIGHTS, PICKLE_SUFFIXES, resolve
+from .hub import CONFIG_NAME, DIFFUSERS_WEIGHTS, MANIFEST_NAME, PICKLE_SUFFIXES, resolve, verify
+from .int8 import QUANT_FILE
 from .models.uvit import UViT
-from .pipeline import Pipeline
+from .pipeline import SAMPLER_FILE, Pipeline
 from .tokenizer import VQTokenizer
 
 DIFFUSERS_VERSION = "0.42.1"  # written into exported configs: the diffusers these were checked with
 # what a text encoder folder may hold (weights only as safetensors)
 TEXT_FILES = (".json", ".txt", ".model", ".safetensors")
+CONVERT_PRECISIONS = ("fp32", "int8")
 
 
 def folder_files(folder: Path, prefix: str) -> dict[str, bytes]:
@@ -46,23 +50,45 @@ def _text_files(folder: Path) -> dict[str, bytes]:
             if p.is_file() and p.suffix in TEXT_FILES}
 
 
-def convert_public(src: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """aMUSEd or Meissonic folder -> fastmuse model folder (loaded fully first: a broken source
-    fails here, before anything is written)."""
-    src = Path(src)
-    pipe = Pipeline.from_pretrained(src)
+def convert_public(src: str | os.PathLike, out: str | os.PathLike, precision: str = "fp32") -> Path:
+    """An aMUSEd or Meissonic folder, or a fastmuse model (folder or bundled name) -> a fastmuse
+    model folder; `precision` "int8" stores the transformer pre-quantized (int8.py). Loaded fully
+    first: a broken source fails here, before anything is written."""
+    if precision not in CONVERT_PRECISIONS:
+        raise ConfigError(f"precision is {precision!r}; accepted: {', '.join(CONVERT_PRECISIONS)}")
+    folder = resolve(src)
+    pipe = Pipeline.from_pretrained(folder, precision=precision)
+    if (folder / "transformer").is_dir():
+        files, card = _public_files(folder, pipe), _public_card(folder, out, pipe)
+    else:  # ours: every other file travels unchanged
+        rewritten = {CONFIG_NAME, MANIFEST_NAME, "model.safetensors", SAMPLER_FILE, "README.md", QUANT_FILE}
+        files = {f: (folder / f).read_bytes() for f in verify(folder) if f not in rewritten}
+        card_path = folder / "README.md"
+        card = card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {folder.name}\n"
+    if precision == "int8":
+        card += (f"\n## int8\n\nWritten by `fastmuse convert {src} {out} --precision int8`: every Linear "
+                 "layer of the transformer stored as int8 weights with one scale per output channel "
+                 "(quantization.json); it loads only with `--precision int8` or `auto`.\n")
+    return pipe.save_pretrained(out, card, files)
+
+
+def _public_files(src: Path, pipe: Pipeline) -> dict[str, bytes]:
     files = {f"text_encoder/{k}": v for k, v in _text_files(src / "text_encoder").items()}
     if (src / "tokenizer").is_dir():  # diffusers keeps the text tokenizer beside the encoder
         files.update({f"text_encoder/{k}": v for k, v in _text_files(src / "tokenizer").items()})
     with tempfile.TemporaryDirectory() as tmp:
         files.update(folder_files(pipe.tokenizer.save_pretrained(Path(tmp) / "vq"), "tokenizer"))
+    return files
+
+
+def _public_card(src: Path, out: str | os.PathLike, pipe: Pipeline) -> str:
     cfg = pipe.transformer.config
-    arch = "U-ViT (aMUSEd)" if isinstance(pipe.transformer, UViT) else "MMDiT (Meissonic)"
-    card = (f"# {src.name} (converted)\n\nConverted by `fastmuse convert {src} {out}`: "
-            f"{arch} transformer ({sum(p.numel() for p in pipe.transformer.parameters()) / 1e6:.0f}M "
-            f"parameters, {cfg.grid}x{cfg.grid} tokens, {cfg.resolution} px), VQ-GAN in tokenizer/, "
-            "CLIP text encoder in text_encoder/. Weights unchanged; licence: the source's.\n")
-    return pipe.save_pretrained(out, card, files)
+    arch = "U-ViT (aMUSEd)" if cfg.kind == UViT.config_class.kind else "MMDiT (Meissonic)"
+    params = sum(p.numel() for p in pipe.transformer.parameters()) / 1e6
+    return (f"# {src.name} (converted)\n\nConverted by `fastmuse convert {src} {out}`: "
+            f"{arch} transformer ({params:.0f}M parameters, {cfg.grid}x{cfg.grid} tokens, "
+            f"{cfg.resolution} px), VQ-GAN in tokenizer/, CLIP text encoder in text_encoder/. "
+            "Weights unchanged; licence: the source's.\n")
 
 
 def _vq_config_to_diffusers(tok: VQTokenizer) -> dict:

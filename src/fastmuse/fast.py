@@ -13,7 +13,8 @@
           accumulation. CPU only. PyTorch's own x86 (fbgemm/oneDNN) kernels: 2.1x fp32 on a
           2-thread AVX2 EPYC, where torchao 0.18's eager int8 dynamic path ran at 0.04x fp32
           (it goes through torch._int_mm) and its weight-only int8 at 1.0x (dequantize, then
-          fp32 matmul). Embeddings, norms, convolutions and attention stay fp32.
+          fp32 matmul). Embeddings, norms, convolutions and attention stay fp32 (int8.py;
+          `fastmuse convert --precision int8` stores the int8 weights, which then load in 1 s).
 
 Classifier-free guidance limited to part of the steps is a sampler option
 (`guidance_interval`, sampling/maskgit.py); text keys/values once per prompt (exact) and
@@ -28,7 +29,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, cache_dir
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 # The documented cost of each precision: the largest relative L2 error ||l - l_fp32|| / ||l_fp32||
@@ -76,13 +76,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
         if dev.index is not None and dev.index >= count:
             raise ConfigError(f"device is {device!r}; accepted: cuda:0 .. cuda:{count - 1} ({count} GPUs)")
     return dev
-
-
-def cache_dir() -> Path:
-    """Where per-machine measurements are kept: $FASTMUSE_CACHE, else $XDG_CACHE_HOME/fastmuse."""
-    if os.environ.get("FASTMUSE_CACHE"):
-        return Path(os.environ["FASTMUSE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastmuse"
 
 
 def machine_key() -> str:
@@ -136,15 +129,6 @@ def cpu_precision() -> str:
     print(f"fastmuse: precision auto -> {choice} on this CPU (a Linear layer: bf16 {bf16_ms:.1f} ms, "
           f"fp32 {fp32_ms:.1f} ms; kept in {path}; choose with --precision)", file=sys.stderr)
     return choice
-
-
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """A copy of `model` with every nn.Linear dynamically quantized to int8 (per-channel weights)."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    with warnings.catch_warnings():  # torch marks its quantized tensors deprecated (no CPU successor yet)
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8).eval()
 
 
 def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:

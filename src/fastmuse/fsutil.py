@@ -1,9 +1,10 @@
-"""Atomic file and folder writes: a reader never sees a half-written file."""
+"""Atomic file and folder writes (a reader never sees a half-written file) and file hashes."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -97,3 +98,40 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where per-machine measurements are kept: $FASTMUSE_CACHE, else $XDG_CACHE_HOME/fastmuse."""
+    if os.environ.get("FASTMUSE_CACHE"):
+        return Path(os.environ["FASTMUSE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastmuse"
+
+
+HASHED_FILES = "sha256.json"
+REMEMBER_BYTES = 1 << 24  # files this big are hashed once per machine (a 3.3 GB file: ~3 s each time)
+
+
+def sha256_remembered(path: str | os.PathLike) -> str:
+    """sha256_file, remembered per (path, size, inode, mtime, ctime) in cache_dir(): a large
+    checkpoint is hashed on its first load, not on every one. Any write to the file, or a file
+    put in its place, changes its ctime (which no user-space call can set back), so it is
+    hashed again."""
+    path = Path(path).resolve()
+    st = path.stat()
+    if st.st_size < REMEMBER_BYTES:
+        return sha256_file(path)
+    key = f"{path}|{st.st_size}|{st.st_ino}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+    store = cache_dir() / HASHED_FILES
+    try:
+        known = json.loads(store.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    if isinstance(known.get(key), str):
+        return known[key]
+    digest = sha256_file(path)
+    prefix = f"{path}|"  # forget earlier versions of this file
+    known = {k: v for k, v in known.items() if not k.startswith(prefix)} | {key: digest}
+    with contextlib.suppress(OSError):  # a read-only home: hash again next time
+        atomic_write_text(store, json.dumps(known, indent=1) + "\n")
+    return digest

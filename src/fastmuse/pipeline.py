@@ -34,8 +34,9 @@ from PIL import Image
 from .config import read_json
 from .editing import EditingMixin
 from .errors import CheckpointError, ConfigError
-from .fast import check_precision, compile_forward, inference, quantize_int8, resolve_device
-from .hub import BUNDLED_DIR, bundled_models, resolve
+from .fast import check_precision, compile_forward, inference, resolve_device
+from .hub import BUNDLED_DIR, bundled_models, resolve, save_checkpoint, stored
+from .int8 import QUANT_FILE, int8_state, is_int8_folder, is_quantized, quant_file, quantize_int8
 from .models import ARTransformer, DiT, MaskedTransformer, TextContext, load_transformer
 from .models.from_diffusers import load_diffusers_transformer
 from .models.transformer import low_res_grid, micro_names
@@ -176,7 +177,12 @@ class Pipeline(EditingMixin):
             transformer, tokenizer, text_encoder = (m.to(device) for m in
                                                     (transformer, tokenizer, text_encoder))
         self.precision = check_precision(precision, next(transformer.parameters()).device)
-        transformer = quantize_int8(transformer) if precision == "int8" else transformer.eval()
+        if is_quantized(transformer) and self.precision != "int8":
+            raise ConfigError(f"precision is {precision!r} but the transformer holds int8 weights "
+                              f"(stored pre-quantized); accepted: int8 or auto")
+        if self.precision == "int8" and not is_quantized(transformer):
+            transformer = quantize_int8(transformer)
+        transformer = transformer.eval()
         self.transformer = compile_forward(transformer) if compile else transformer
         # channels-last convolutions: the VQ decoder runs 15% faster on CPU, same result to rounding
         self.tokenizer = tokenizer.eval().to(memory_format=torch.channels_last)
@@ -192,10 +198,17 @@ class Pipeline(EditingMixin):
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike, text_encoder: TextEncoder | None = None,
                         **fast) -> Pipeline:
-        """`fast`: precision / compile, as for the constructor."""
+        """`fast`: precision / compile, as for the constructor. A folder stored as int8
+        (`fastmuse convert --precision int8`) loads as int8 unless another precision is asked for."""
         folder = resolve(name_or_dir)
         if (folder / "transformer").is_dir():
             return cls._from_diffusers(folder, text_encoder, **fast)
+        if is_int8_folder(folder):
+            if fast.get("precision") not in (None, "int8", "auto"):
+                raise ConfigError(f"{folder} holds int8 weights (fastmuse convert --precision int8): it "
+                                  f"loads with precision int8 or auto, not {fast['precision']!r}; for "
+                                  f"{fast['precision']} load the folder it was converted from")
+            fast["precision"] = "int8"
         transformer = load_transformer(folder)
         cfg = transformer.config
         tokenizer = VQTokenizer.from_pretrained(folder / "tokenizer" if (folder / "tokenizer").is_dir()
@@ -428,10 +441,16 @@ class Pipeline(EditingMixin):
 
     def save_pretrained(self, folder: str | os.PathLike, card: str | None = None,
                         extra_files: dict[str, bytes] | None = None, dtype: str = "fp32") -> Path:
-        """The transformer (floating weights stored as `dtype`), sampler.json, card, extras."""
+        """The transformer (floating weights stored as `dtype`; an int8 one as its int8 weights
+        and quantization.json), sampler.json, card, extras."""
         files = {SAMPLER_FILE: self.defaults.to_json().encode(), **(extra_files or {})}
         if card is not None:
             files["README.md"] = card.encode()
+        if is_quantized(self.transformer):
+            state = int8_state(self.transformer)  # the scales stay fp64: the int8 values depend on them
+            state = stored(state, dtype) | {k: v for k, v in state.items() if k.endswith(".weight_scale")}
+            return save_checkpoint(folder, self.transformer.config, {"model": state},
+                                   files | {QUANT_FILE: quant_file()})
         return self.transformer.save_pretrained(folder, files, dtype)
 
 

@@ -30,6 +30,8 @@ def cmd_bench(a: argparse.Namespace) -> None:
     from ..models import ARTransformer, DiT
     from ..pipeline import Pipeline
 
+    if a.cold:
+        return cold(a)
     if a.reference and a.quality:
         raise ConfigError("--quality runs the evaluation suite on a trained model; --reference has random "
                           "weights (its quality delta is the token agreement)")
@@ -44,6 +46,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
         steps, guidance = a.steps or 12, 10.0 if a.guidance is None else a.guidance  # diffusers' scale
         base = fastmuse_twin(ref, steps, guidance)
         prompt, n, guidance = PROMPT, 1, guidance - 1
+        a.peers = ["fp32", "bf16"] if a.peers is None else a.peers
     else:
         base = Pipeline.from_pretrained(a.model)
         if isinstance(base.transformer, DiT | ARTransformer):
@@ -89,6 +92,27 @@ def cmd_bench(a: argparse.Namespace) -> None:
         print(f"wrote {a.json}")
 
 
+def cold(a: argparse.Namespace) -> None:
+    """--cold: one image per fresh process, diffusers beside fastmuse (eval/cold_start.py)."""
+    from ..eval.cold_start import cold_rows, cold_table
+    from ..eval.machine import describe_machine
+    from ..fast import cpu_precision
+    from ..fsutil import atomic_write_bytes
+
+    machine = describe_machine()
+    print(f"machine: {machine}", flush=True)
+    peers = a.peers if a.peers is not None else ["fp32"] + (["bf16"] if cpu_precision() == "bf16" else [])
+    steps, guidance = a.steps or 12, 9.0 if a.guidance is None else a.guidance
+    rows = cold_rows(Path(a.work), steps, guidance, peers, a.repeats, lambda text: print(text, flush=True))
+    print(f"\naMUSEd-256 (random weights), one image of 256 px, {steps} steps, guidance {guidance:g} "
+          f"(diffusers: {guidance + 1:g}), batch 1, one process per row, {machine}.\n", flush=True)
+    print(cold_table(rows), end="")
+    if a.json:
+        result = {"machine": machine, "steps": steps, "guidance": guidance, "rows": rows}
+        atomic_write_bytes(Path(a.json), (json.dumps(result, indent=2) + "\n").encode())
+        print(f"wrote {a.json}")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..eval.speed import DEFAULT_MODES, MODES
 
@@ -110,8 +134,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=DEFAULT_MODES,
                    help=f"fastmuse rows (default: {' '.join(DEFAULT_MODES)}); the first is the quality "
                         "reference")
-    p.add_argument("--peers", nargs="*", choices=["fp32", "bf16"], default=["fp32", "bf16"],
-                   help="--reference only: diffusers rows (default: fp32 bf16)")
+    p.add_argument("--peers", nargs="*", choices=["fp32", "bf16"], default=None,
+                   help="--reference / --cold: diffusers rows (default: fp32 bf16 with --reference; with "
+                        "--cold fp32, and bf16 where --precision auto picks bf16 on this CPU)")
+    p.add_argument("--cold", action="store_true",
+                   help="cold start instead: aMUSEd-256 with random weights, one image per fresh process "
+                        "(import, load, first image, whole process) for diffusers' AmusedPipeline and "
+                        "fastmuse (default precision, int8 stored pre-quantized, int8 quantized at load) "
+                        "and the `fastmuse generate` command; about 6 min on 2 CPU cores, plus ~2 min and "
+                        "~8 GB of disk the first time (the folders in --work)")
+    p.add_argument("--work", default="outputs/cold-start",
+                   help="--cold: where the model folders are written once and reused "
+                        "(default outputs/cold-start)")
     p.add_argument("--prompt", default="red heart", help="default 'red heart' (reference: a fixed prompt)")
     p.add_argument("--n", type=positive("--n"), default=4, help="images per call (default 4; reference: 1)")
     p.add_argument("--steps", type=positive("--steps"), default=None,
@@ -120,7 +154,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="default: the model's (reference: 10 on diffusers' scale, 9 on ours)")
     p.add_argument("--repeats", type=positive("--repeats"), default=2,
                    help="timed calls per row after a warm-up, best kept (default 2; a first call over 20 s "
-                        "is measured once)")
+                        "is measured once); --cold: rounds of fresh processes, the fastest kept")
     p.add_argument("--quality", action="store_true",
                    help="also run the evaluation suite per fastmuse row: shapes accuracy and emoji FD "
                         "(bundled-scale models; minutes per row)")

@@ -28,7 +28,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ConfigError
-from ..fast import autocast, quantize_int8
+from ..fast import autocast
+from ..int8 import quantize_int8
 from ..pipeline import Pipeline
 
 SLOW_S = 20.0  # a first call this slow is measured once: warm-up effects are lost in it

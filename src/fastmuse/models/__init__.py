@@ -2,7 +2,8 @@ import json
 import os
 
 from ..errors import CheckpointError
-from ..hub import CONFIG_NAME, resolve
+from ..hub import CONFIG_NAME, load_checkpoint, resolve
+from ..int8 import is_int8_folder, load_int8
 from .autoregressive import ARTransformer, ARTransformerConfig
 from .dit import DiT, DiTConfig
 from .mmdit import MMDiT, MMDiTConfig
@@ -29,8 +30,13 @@ def transformer_kind(name_or_dir: str | os.PathLike) -> str:
 
 
 def load_transformer(name_or_dir: str | os.PathLike) -> MaskedTransformer:
-    """A masked, autoregressive, U-ViT, MMDiT or diffusion transformer, whichever the folder holds."""
-    return TRANSFORMERS[transformer_kind(name_or_dir)].from_pretrained(name_or_dir)
+    """A masked, autoregressive, U-ViT, MMDiT or diffusion transformer, whichever the folder holds
+    (a folder written pre-quantized comes back with its int8 Linears)."""
+    model_class = TRANSFORMERS[transformer_kind(name_or_dir)]
+    if not is_int8_folder(resolve(name_or_dir)):
+        return model_class.from_pretrained(name_or_dir)
+    ckpt = load_checkpoint(name_or_dir)
+    return load_int8(model_class.uninitialised(ckpt), ckpt.weights("model"), str(ckpt.folder))
 
 
 __all__ = ["ARTransformer", "ARTransformerConfig", "DiT", "DiTConfig", "MaskedTransformer",

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import CheckpointError, ConfigError
-from ..hub import load_state_strict, read_diffusers_folder
+from ..hub import load_state_strict, no_init, read_diffusers_folder
 from .mmdit import MMDiT
 from .uvit import UViT
 
@@ -55,7 +55,8 @@ def load_diffusers_transformer(folder: str | Path, downsampling: int = 16) -> UV
         config = config_from_diffusers(model_class, cfg, downsampling)
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{folder}: {e}") from None
-    model = model_class(config)
-    load_state_strict(model, state, where=str(folder))
+    with no_init():
+        model = model_class(config)
+    load_state_strict(model, state, where=str(folder), assign=True)
     return model.eval()
 

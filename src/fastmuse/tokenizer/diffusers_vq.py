@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, ConfigError
-from ..hub import load_state_strict, read_diffusers_folder
+from ..hub import load_state_strict, no_init, read_diffusers_folder
 from .model import VQConfig, VQTokenizer
 
 # keys diffusers accepts but that do not change the network
@@ -78,6 +78,7 @@ def load_diffusers_vq(folder: str | Path, pixel_range: str = "0..1") -> VQTokeni
         raise CheckpointError(f"{folder}: {e}") from None
     for old, new in OLD_ATTENTION.items():
         state = {k.replace(old, new): v for k, v in state.items()}
-    model = VQTokenizer(config)
-    load_state_strict(model, state, where=str(folder))
+    with no_init():
+        model = VQTokenizer(config)
+    load_state_strict(model, state, where=str(folder), assign=True)
     return model.eval()
