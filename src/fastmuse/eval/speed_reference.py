@@ -22,7 +22,8 @@ from .speed import Row, measure
 PROMPT = "a photo of a cat"
 
 
-def amused_256():  # -> diffusers.AmusedPipeline
+def amused_256(tiny: bool = False):  # -> diffusers.AmusedPipeline
+    """`tiny`: the same modules at toy widths and depths (scripts checked on a CPU)."""
     try:
         import diffusers
     except ImportError:
@@ -30,23 +31,29 @@ def amused_256():  # -> diffusers.AmusedPipeline
     from transformers import BertTokenizerFast, CLIPTextConfig, CLIPTextModelWithProjection
 
     torch.manual_seed(0)
+    channels, codes, width = ([32] * 5, 64, 32) if tiny else ([128, 256, 256, 512, 768], 8192, 768)
     vq = diffusers.VQModel(
-        act_fn="silu", block_out_channels=[128, 256, 256, 512, 768],
+        act_fn="silu", block_out_channels=channels,
         down_block_types=["DownEncoderBlock2D"] * 5, up_block_types=["UpDecoderBlock2D"] * 5,
         in_channels=3, out_channels=3, latent_channels=64,
-        layers_per_block=2, norm_num_groups=32, num_vq_embeddings=8192, mid_block_add_attention=False,
+        layers_per_block=2, norm_num_groups=32, num_vq_embeddings=codes, mid_block_add_attention=False,
         lookup_from_codebook=True)
-    transformer = diffusers.UVit2DModel(sample_size=16)  # the class defaults are aMUSEd's
+    small = dict(hidden_size=64, block_out_channels=32, block_num_heads=4, num_hidden_layers=2,
+                 num_attention_heads=4, intermediate_size=128, encoder_hidden_size=width,
+                 cond_embed_dim=width, codebook_size=codes, vocab_size=codes + 2) if tiny else {}
+    transformer = diffusers.UVit2DModel(sample_size=16, **small)  # the class defaults are aMUSEd's
     text = CLIPTextModelWithProjection(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-        num_attention_heads=12, max_position_embeddings=77, projection_dim=768))
+        vocab_size=49408, hidden_size=width, intermediate_size=2 * width if tiny else 3072,
+        num_hidden_layers=2 if tiny else 12, num_attention_heads=4 if tiny else 12,
+        max_position_embeddings=77, projection_dim=width))
     with tempfile.TemporaryDirectory() as tmp:  # a word-level tokenizer: CLIP's BPE files are a download
         (Path(tmp) / "vocab.txt").write_text(
             "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "photo", "of", "cat", "red", "heart"]) + "\n")
         tok = BertTokenizerFast(vocab_file=str(Path(tmp) / "vocab.txt"), model_max_length=77)
     pipe = diffusers.AmusedPipeline(vqvae=vq.eval(), tokenizer=tok, text_encoder=text.eval(),
                                     transformer=transformer.eval(),
-                                    scheduler=diffusers.AmusedScheduler(mask_token_id=8255))
+                                    scheduler=diffusers.AmusedScheduler(
+                                        mask_token_id=transformer.config.vocab_size - 1))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
