@@ -111,6 +111,8 @@ def train(device: torch.device, smoke: bool, out: Path, steps: int) -> dict:
                           cache_dir=f"{tmp}/cache", eval_shapes=(), eval_every=10**6, save_every=10**6,
                           mixed_precision="bf16" if device.type == "cuda" else "no",
                           batch_size=4 if smoke else cfg.batch_size)
+        if smoke:
+            cfg = cfg.replace(sample_prompts=cfg.sample_prompts[:1], sample_steps=2)
         train_transformer(cfg.replace(steps=1), f"{tmp}/warm")  # builds the token cache
         seconds = {}
         for n in (1, steps):  # the same setup, end-of-run eval and save around 1 and `steps` steps

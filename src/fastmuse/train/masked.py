@@ -43,7 +43,7 @@ from ..models.autoregressive import ARTransformer, ARTransformerConfig
 from ..models.dit import latent_scale, token_latents
 from ..models.transformer import MICRO_CONDS, MaskedTransformerConfig, low_res_grid, micro_names
 from ..sampling.autoregressive import ar_sample
-from ..sampling.maskgit import maskgit_sample
+from ..sampling.maskgit import maskgit_sample, random
 from ..sampling.trigflow import flow_loss, ode_sample, sample_time
 from ..text.cache import EmbeddingCache
 from .distributed import make_accelerator
@@ -146,9 +146,9 @@ def random_mask(tokens: torch.Tensor, mask_id: int,
     b = tokens.shape[0]
     flat = tokens.reshape(b, -1)
     n = flat.shape[1]
-    ratio = torch.cos(math.pi / 2 * torch.rand(b, generator=gen))
+    ratio = torch.cos(math.pi / 2 * random((b,), gen, tokens.device))
     count = (ratio * n).ceil().clamp(1, n).long()
-    ranks = torch.rand(b, n, generator=gen).argsort(1).argsort(1)
+    ranks = random((b, n), gen, tokens.device).argsort(1).argsort(1)
     mask = ranks < count.unsqueeze(1)
     return torch.where(mask, mask_id, flat).view_as(tokens), mask.view_as(tokens)
 
@@ -156,7 +156,7 @@ def random_mask(tokens: torch.Tensor, mask_id: int,
 def pick_captions(split: TokenSplit, idx: list[int], cfg: TransformerTrainConfig, empty_row: int,
                   gen: torch.Generator) -> torch.Tensor:
     """Main caption, an alternative with alt_caption_prob, "" with caption_dropout."""
-    u = torch.rand(len(idx), 3, generator=gen)
+    u = random((len(idx), 3), gen)
     rows = []
     for j, i in enumerate(idx):
         options = split.caption_rows(i)
@@ -164,7 +164,7 @@ def pick_captions(split: TokenSplit, idx: list[int], cfg: TransformerTrainConfig
         if len(options) > 1 and u[j, 0] < cfg.alt_caption_prob:
             pick = 1 + int(u[j, 1] * (len(options) - 1))
         rows.append(empty_row if u[j, 2] < cfg.caption_dropout else int(options[pick]))
-    return torch.tensor(rows)
+    return torch.tensor(rows, device="cpu")  # rows of the (CPU) caption cache
 
 
 def batch_conditions(mcfg, split: TokenSplit, low: TokenSplit | None, idx: list[int],
@@ -178,7 +178,7 @@ def batch_conditions(mcfg, split: TokenSplit, low: TokenSplit | None, idx: list[
             raise ConfigError("the model has micro-conditions but the token cache holds none")
         micro = split.micro[idx][:, [MICRO_CONDS.index(n) for n in names]]
         if dropout:
-            micro[torch.rand(len(idx), generator=gen) < dropout] = float("nan")
+            micro[random((len(idx),), gen, micro.device) < dropout] = float("nan")
         cond["micro"] = micro
     if low_res_grid(mcfg):
         cond["low_res"] = low.tokens[idx]
@@ -213,7 +213,7 @@ def diffusion_loss(model: torch.nn.Module, sigma_d: float, x0: torch.Tensor, tex
     """The DiT's flow loss on data x0 at sCM's times. Calls the module itself (not .velocity)
     so a DDP wrapper sees the forward."""
     t = sample_time(len(x0), sigma_d=sigma_d, generator=gen).to(x0.device)
-    z = sigma_d * torch.randn(x0.shape, generator=gen).to(x0.device)
+    z = sigma_d * random(x0.shape, gen, x0.device, normal=True)
     return flow_loss(lambda x, tt: sigma_d * model(x / sigma_d, tt, text).float(), x0, t, z)
 
 
@@ -235,13 +235,13 @@ def training_loss(model: torch.nn.Module, mcfg, x: torch.Tensor, text, gen: torc
 def evaluate_diffusion(model: DiT, tokenizer, split: TokenSplit, captions: EmbeddingCache,
                        groups: dict[str, range], batch_size: int = 64, seed: int = 1234) -> dict[str, float]:
     """Held-out flow loss per group and overall, with the same times and noise every call."""
-    out, total = {}, 0.0
+    out, total, device = {}, 0.0, next(model.parameters()).device
     for name, rng in groups.items():
         gen, loss = torch.Generator().manual_seed(seed), 0.0
         for start in range(rng.start, rng.stop, batch_size):
             idx = list(range(start, min(start + batch_size, rng.stop)))
-            text = captions.lookup(torch.stack([split.caption_rows(i)[0] for i in idx]))
-            x0 = token_latents(tokenizer, split.tokens[idx], model.config.latent_scale)
+            text = captions.lookup(torch.stack([split.caption_rows(i)[0] for i in idx])).to(device)
+            x0 = token_latents(tokenizer, split.tokens[idx].to(device), model.config.latent_scale)
             batch_loss = diffusion_loss(model, model.config.sigma_d, x0, text, gen)
             loss += len(idx) * float(batch_loss)
         out[f"val_loss_{name}"] = loss / len(rng)
@@ -260,17 +260,18 @@ def evaluate_masked(model: Transformer, split: TokenSplit, captions: EmbeddingCa
     loss/accuracy (teacher forcing) and no acc50. A micro-conditioned model sees each row's
     micro-conditions, a super-resolution model the rows of `low`."""
     out: dict[str, float] = {}
-    causal = isinstance(model, ARTransformer)
+    causal, device = isinstance(model, ARTransformer), next(model.parameters()).device
     totals: dict[str, list[float]] = {k: [] for k in ("loss", "acc") + (() if causal else ("acc50",))}
     for name, rng in groups.items():
         gen = torch.Generator().manual_seed(seed)
         sums = dict.fromkeys(totals, 0.0)
         for start in range(rng.start, rng.stop, batch_size):
             idx = list(range(start, min(start + batch_size, rng.stop)))
-            tokens = split.tokens[idx]
+            tokens = split.tokens[idx].to(device)
             rows = torch.stack([split.caption_rows(i)[0] for i in idx])
             text = captions.lookup(rows if caption_row is None else torch.full_like(rows, caption_row))
-            cond = batch_conditions(model.config, split, low, idx)
+            text = text.to(device)
+            cond = {k: v.to(device) for k, v in batch_conditions(model.config, split, low, idx).items()}
             ctx = model.context(text, **cond) if cond else model.prepare_text(text)
             inputs, mask = loss_inputs(tokens, model.config, gen)
             loss, acc = masked_loss(model, tokens, mask, inputs, ctx)
@@ -278,8 +279,7 @@ def evaluate_masked(model: Transformer, split: TokenSplit, captions: EmbeddingCa
             sums["acc"] += float(acc) * len(idx)
             if causal:
                 continue
-            half = torch.rand(tokens.shape, generator=gen).flatten(1).argsort(1).argsort(1) < \
-                tokens[0].numel() // 2
+            half = random(tokens.shape, gen, device).flatten(1).argsort(1).argsort(1) < tokens[0].numel() // 2
             half = half.view_as(tokens)
             _, acc50 = masked_loss(model, tokens, half, torch.where(half, model.mask_id, tokens), ctx)
             sums["acc50"] += float(acc50) * len(idx)
@@ -295,8 +295,10 @@ def evaluate_masked(model: Transformer, split: TokenSplit, captions: EmbeddingCa
 def sample_grid(model: Transformer, tokenizer, encoder, prompts: tuple[str, ...], steps: int,
                 guidance: float, seed: int = 0, low_res: torch.Tensor | None = None):
     """One image per prompt (a super-resolution model: from the grids `low_res`, one per prompt)."""
+    device = next(model.parameters()).device
     text = encoder.encode(list(prompts))
     if low_res is not None:  # guidance drops the text only
+        low_res = low_res.to(device)
         cond = model.context(text, low_res=low_res)
         uncond = model.context(encoder.encode([""] * len(prompts)), low_res=low_res)
     else:
@@ -305,7 +307,7 @@ def sample_grid(model: Transformer, tokenizer, encoder, prompts: tuple[str, ...]
     gen = torch.Generator().manual_seed(seed)
     if isinstance(model, DiT):
         c = model.config
-        z = c.sigma_d * torch.randn(len(prompts), c.channels, c.grid, c.grid, generator=gen)
+        z = c.sigma_d * random((len(prompts), c.channels, c.grid, c.grid), gen, device, normal=True)
         x = ode_sample(model.guided(cond, uncond, guidance), z, steps)
         images = tokenizer.decode_latents(x / c.latent_scale).clamp(-1, 1)
         return make_grid([to_pil(im) for im in images], ncols=min(len(prompts), 8), captions=list(prompts))
@@ -313,7 +315,7 @@ def sample_grid(model: Transformer, tokenizer, encoder, prompts: tuple[str, ...]
         tokens = ar_sample(model, cond, uncond, guidance=guidance, generator=gen)
     else:
         g = model.config.grid
-        init = torch.full((len(prompts), g, g), model.mask_id)
+        init = torch.full((len(prompts), g, g), model.mask_id, device=device)
         tokens = maskgit_sample(model, init, cond, uncond, steps=steps, guidance=guidance, generator=gen)
     images = tokenizer.decode(tokens).clamp(-1, 1)
     return make_grid([to_pil(im) for im in images], ncols=min(len(prompts), 8), captions=list(prompts))
@@ -385,57 +387,62 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
     out = Path(out)
     acc = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
     ckpt = checkpoint_to_resume(out, resume, acc)
-    tokenizer = VQTokenizer.from_pretrained(cfg.tokenizer)
-    encoder = load_text_encoder(cfg.text_encoder)
-    resolution = cfg.model.resolution
-    diffusion = isinstance(cfg.model, DiTConfig)
-    if resolution % tokenizer.downsample:
-        raise ConfigError(f"model.resolution {resolution} is not a multiple of the tokenizer's "
-                          f"downsampling {tokenizer.downsample}")
-    if diffusion:  # its data: the tokens' codebook vectors
-        mcfg = cfg.model.replace(grid=resolution // tokenizer.downsample,
-                                 channels=tokenizer.config.vq_embed_dim, tokenizer=cfg.tokenizer,
-                                 text_dim=encoder.hidden_dim, pooled_dim=encoder.pooled_dim,
-                                 text_encoder=cfg.text_encoder)
-    else:
-        try:
-            mcfg = cfg.model.for_data(tokenizer.codebook_size, resolution // tokenizer.downsample,
-                                      encoder.hidden_dim, encoder.pooled_dim, cfg.text_encoder, cfg.tokenizer)
-        except ConfigError as e:
-            raise ConfigError(f"model ({cfg.model.kind}) with tokenizer {cfg.tokenizer!r} and text encoder "
-                              f"{cfg.text_encoder!r}: {e}") from None
-    cfg = cfg.replace(model=mcfg)
-    with acc.main_process_first():  # one process builds the cache, the others load it
-        data, low = training_data(cfg, tokenizer, encoder)
-    if diffusion:  # deterministic: a resumed run computes the same scale
-        mcfg = mcfg.replace(latent_scale=latent_scale(tokenizer, data.train.tokens, mcfg.sigma_d))
+    # Setup on the CPU, named (what a GPU run needs too: Accelerate moves the model; the rest
+    # moves below); the steps then create nothing without naming a device (tests/test_device.py).
+    with torch.device("cpu"):
+        tokenizer = VQTokenizer.from_pretrained(cfg.tokenizer)
+        encoder = load_text_encoder(cfg.text_encoder)
+        resolution = cfg.model.resolution
+        diffusion = isinstance(cfg.model, DiTConfig)
+        if resolution % tokenizer.downsample:
+            raise ConfigError(f"model.resolution {resolution} is not a multiple of the tokenizer's "
+                              f"downsampling {tokenizer.downsample}")
+        if diffusion:  # its data: the tokens' codebook vectors
+            mcfg = cfg.model.replace(grid=resolution // tokenizer.downsample,
+                                     channels=tokenizer.config.vq_embed_dim, tokenizer=cfg.tokenizer,
+                                     text_dim=encoder.hidden_dim, pooled_dim=encoder.pooled_dim,
+                                     text_encoder=cfg.text_encoder)
+        else:
+            try:
+                mcfg = cfg.model.for_data(tokenizer.codebook_size, resolution // tokenizer.downsample,
+                                          encoder.hidden_dim, encoder.pooled_dim, cfg.text_encoder,
+                                          cfg.tokenizer)
+            except ConfigError as e:
+                raise ConfigError(f"model ({cfg.model.kind}) with tokenizer {cfg.tokenizer!r} and text "
+                                  f"encoder {cfg.text_encoder!r}: {e}") from None
         cfg = cfg.replace(model=mcfg)
-    train_ranges = source_ranges(data.info["counts"]["train"])
-    groups = val_groups(data)
-    order = torch.cat([torch.arange(r.start, r.stop).repeat(k) for r, k in zip(train_ranges, cfg.repeats,
-                                                                                strict=True)])
-    empty_row = int(data.captions.rows([""])[0])
+        with acc.main_process_first():  # one process builds the cache, the others load it
+            data, low = training_data(cfg, tokenizer, encoder)
+        if diffusion:  # deterministic: a resumed run computes the same scale
+            mcfg = mcfg.replace(latent_scale=latent_scale(tokenizer, data.train.tokens, mcfg.sigma_d))
+            cfg = cfg.replace(model=mcfg)
+        train_ranges = source_ranges(data.info["counts"]["train"])
+        groups = val_groups(data)
+        order = torch.cat([torch.arange(r.start, r.stop).repeat(k)
+                           for r, k in zip(train_ranges, cfg.repeats, strict=True)])
+        empty_row = int(data.captions.rows([""])[0])
 
-    torch.manual_seed(cfg.seed)
-    model = TRANSFORMERS[mcfg.kind](mcfg).train()
-    if cfg.init_from and ckpt is None:
-        acc.print(warm_start(model, cfg.init_from))
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
-    modules = {"model": model, "ema": ema}
-    start = 0
-    if ckpt is not None:
-        start = load_training(ckpt, modules, {"model": opt}, {})["step"]
-        acc.print(f"resuming from {ckpt} (step {start})")
+        torch.manual_seed(cfg.seed)
+        model = TRANSFORMERS[mcfg.kind](mcfg).train()
+        if cfg.init_from and ckpt is None:
+            acc.print(warm_start(model, cfg.init_from))
+        ema = copy.deepcopy(model).eval().requires_grad_(False)
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
+        modules = {"model": model, "ema": ema}
+        start = 0
+        if ckpt is not None:
+            start = load_training(ckpt, modules, {"model": opt}, {})["step"]
+            acc.print(f"resuming from {ckpt} (step {start})")
     (out / "samples").mkdir(parents=True, exist_ok=True)
     if acc.is_main_process:
         cfg.save(out / "config.json")
     model, opt = acc.prepare(model, opt)
     raw = acc.unwrap_model(model)
+    ema, tokenizer, encoder = (m.to(acc.device) for m in (ema, tokenizer, encoder))
     sampler = StepBatchSampler(len(order), cfg.batch_size, cfg.seed, 0, acc.process_index, acc.num_processes)
     logger = JsonlLogger(out / "metrics.jsonl", resume_step=start if resume else None)
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
@@ -454,7 +461,7 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
             text = data.captions.lookup(rows).to(acc.device)
             with acc.accumulate(model):
                 with acc.autocast():
-                    batch = data.train.tokens[idx]
+                    batch = data.train.tokens[idx].to(acc.device)
                     if diffusion:
                         batch = token_latents(tokenizer, batch, mcfg.latent_scale)
                     cond = {} if diffusion else {k: v.to(acc.device) for k, v in batch_conditions(

@@ -24,7 +24,7 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
     def _perm(self, epoch: int) -> torch.Tensor:
         if getattr(self, "_cached", (None,))[0] != epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._cached = (epoch, torch.randperm(self.n, generator=g))
+            self._cached = (epoch, torch.randperm(self.n, generator=g, device="cpu"))
         return self._cached[1]
 
     def batch_at(self, step: int) -> list[int]:
