@@ -82,6 +82,8 @@ def test_cli_device_errors(pipes, tmp_path, capsys):
         assert match in capsys.readouterr().err
     assert main(["generate", "a", "--model", str(pipes["folder"]), "--device", "cpu",
                  "-o", str(tmp_path / "x.png")]) == 0
+    assert main(["bench", "--model", str(pipes["folder"]), "--device", "tpu"]) == 1
+    assert "accepted: cpu, cuda, cuda:N or auto" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("family", ["masked", "ar", "dit"])

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import DEFAULT_MODEL, positive
+from .common import DEFAULT_MODEL, add_device_arg, positive
 
 REFERENCES = ("amused-256",)
 
@@ -15,6 +15,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
     from ..errors import ConfigError
     from ..eval.machine import describe_machine
     from ..eval.speed import (
+        DEFAULT_MODES,
         MODES,
         Row,
         compare,
@@ -26,12 +27,19 @@ def cmd_bench(a: argparse.Namespace) -> None:
         suite_quality,
         table,
     )
+    from ..fast import resolve_device
     from ..fsutil import atomic_write_bytes
     from ..models import ARTransformer, DiT
     from ..pipeline import Pipeline
 
+    device = resolve_device(a.device)
     if a.cold:
+        if device.type != "cpu":
+            raise ConfigError("--cold times CPU processes (one image per fresh process); with --device "
+                              f"{a.device}, run the warm benchmark (without --cold)")
         return cold(a)
+    if a.modes is None:  # int8 is CPU only
+        a.modes = DEFAULT_MODES if device.type == "cpu" else ["fp32", "bf16"]
     if a.reference and a.quality:
         raise ConfigError("--quality runs the evaluation suite on a trained model; --reference has random "
                           "weights (its quality delta is the token agreement)")
@@ -42,13 +50,13 @@ def cmd_bench(a: argparse.Namespace) -> None:
         from ..eval.speed_reference import PROMPT, amused_256, diffusers_rows, fastmuse_twin
 
         progress("building aMUSEd-256 with random weights in diffusers and fastmuse ...")
-        ref = amused_256()
+        ref = amused_256().to(device)
         steps, guidance = a.steps or 12, 10.0 if a.guidance is None else a.guidance  # diffusers' scale
-        base = fastmuse_twin(ref, steps, guidance)
+        base = fastmuse_twin(ref, steps, guidance, device)
         prompt, n, guidance = PROMPT, 1, guidance - 1
         a.peers = ["fp32", "bf16"] if a.peers is None else a.peers
     else:
-        base = Pipeline.from_pretrained(a.model)
+        base = Pipeline.from_pretrained(a.model, device=device)
         if isinstance(base.transformer, DiT | ARTransformer):
             raise ConfigError(f"--model {a.model}: fastmuse bench times masked-token models (MaskGIT or "
                               "one-step); for diffusion and autoregressive models use "
@@ -67,7 +75,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
     rows: list[Row] = []
     if a.reference and a.peers:
         flops = fastmuse_flops(base, prompt, n, steps, guidance)
-        peers = diffusers_rows(ref, a.peers, steps, guidance + 1, a.repeats, flops, progress)
+        peers = diffusers_rows(ref, a.peers, steps, guidance + 1, a.repeats, flops, device, progress)
         compare(peers, peers[0])
         rows += peers
     compare(ours, ours[0])
@@ -131,9 +139,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "pipeline beside ours (needs diffusers; builds 873M parameters, ~1 min). On CPUs "
                         "without AVX-512-BF16 the bf16 rows are very slow (diffusers' took 32 min on a "
                         "2-core AVX2 EPYC): --peers fp32 --modes fp32 int8 int8-cfg-half skips them")
-    p.add_argument("--modes", nargs="+", choices=list(MODES), default=DEFAULT_MODES,
-                   help=f"fastmuse rows (default: {' '.join(DEFAULT_MODES)}); the first is the quality "
-                        "reference")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=None,
+                   help=f"fastmuse rows (default on a CPU: {' '.join(DEFAULT_MODES)}; on a GPU: fp32 bf16); "
+                        "the first is the quality reference")
     p.add_argument("--peers", nargs="*", choices=["fp32", "bf16"], default=None,
                    help="--reference / --cold: diffusers rows (default: fp32 bf16 with --reference; with "
                         "--cold fp32, and bf16 where --precision auto picks bf16 on this CPU)")
@@ -161,4 +169,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=positive("--seeds"), default=2,
                    help="--quality: images per evaluation prompt (default 2)")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
+    add_device_arg(p)
     p.set_defaults(func=cmd_bench)

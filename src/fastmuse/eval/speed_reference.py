@@ -58,19 +58,19 @@ def amused_256(tiny: bool = False):  # -> diffusers.AmusedPipeline
     return pipe
 
 
-def fastmuse_twin(ref, steps: int, guidance: float) -> Pipeline:
-    """The same tensors in fastmuse's modules, sampling as AmusedPipeline does at `guidance`
-    (diffusers' scale; ours is one less)."""
+def fastmuse_twin(ref, steps: int, guidance: float, device: torch.device | str = "cpu") -> Pipeline:
+    """The same tensors in fastmuse's modules (on `device`), sampling as AmusedPipeline does at
+    `guidance` (diffusers' scale; ours is one less)."""
     vq = VQTokenizer(config_from_diffusers(dict(ref.vqvae.config)))
     vq.load_state_dict(ref.vqvae.state_dict())
     uvit = UViT(transformer_config(UViT, dict(ref.transformer.config), vq.downsample))
     uvit.load_state_dict(ref.transformer.state_dict())
     text = TextEncoder(ref.text_encoder, ref.tokenizer, "clip", "clip-l", 77)
-    return Pipeline(uvit, vq, text, reference_defaults(steps, guidance))
+    return Pipeline(uvit, vq, text, reference_defaults(steps, guidance), device=device)
 
 
 def diffusers_rows(ref, precisions: list[str], steps: int, guidance: float, repeats: int, flops: float,
-                   progress=print) -> list[Row]:
+                   device: torch.device, progress=print) -> list[Row]:
     """AmusedPipeline at batch 1: fp32, and under torch.autocast bf16 (what a user gets from one line)."""
     captured = {}
     step = ref.scheduler.step
@@ -89,13 +89,13 @@ def diffusers_rows(ref, precisions: list[str], steps: int, guidance: float, repe
             raise ConfigError(f"peer precision {precision!r}; accepted: fp32, bf16")
 
         def call(precision: str = precision):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 images = ref(PROMPT, num_inference_steps=steps, guidance_scale=guidance,
                              generator=torch.Generator().manual_seed(0)).images
             return captured["tokens"].clone(), images
 
         rows.append(measure(f"diffusers AmusedPipeline {precision}", precision, call, parts,
-                            torch.device("cpu"), 1, repeats, flops))
+                            device, 1, repeats, flops))
         progress(f"  {rows[-1].seconds:.2f} s per call")
     ref.scheduler.step = step
     return rows
