@@ -128,3 +128,19 @@ def test_gpu_check_script_runs_here(tmp_path):
     assert result["reference"]["logits_fp32_max_abs_diff_vs_diffusers"] < 1e-4
     assert result["serve"]["status"] == 200 and result["train"]["s_per_step"] > 0
     assert (tmp_path / "bundled.png").is_file()
+
+
+def test_a_dimo_run_creates_nothing_off_the_model_device(tmp_path):
+    """The Di[M]O distiller (setup on the CPU, by name) under default device "meta": the same
+    student as a plain run."""
+    from fastmuse.distill.dimo_train import DiMOConfig, distill_dimo
+    from helpers import tiny_dataset
+
+    data = str(tiny_dataset(tmp_path / "d", n=12, size=32))
+    cfg = DiMOConfig(teacher=str(tiny_pipeline(tmp_path / "t")), data=(data,),
+                     cache_dir=str(tmp_path / "cache"), batch_size=3, steps=2, aux_updates=1,
+                     warmup_steps=1, log_every=1, eval_every=2, save_every=2, sample_prompts=("a red square",))
+    want = distill_dimo(cfg, tmp_path / "plain", device="cpu")
+    with default_device_meta():
+        got = distill_dimo(cfg, tmp_path / "meta", device="cpu")
+    assert (got / "model.safetensors").read_bytes() == (want / "model.safetensors").read_bytes()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import positive
+from .common import add_device_arg, positive
 
 RUN_FILES = ("Writes RUN/config.json, RUN/metrics.jsonl, RUN/samples/, RUN/checkpoints/ and, at the end, "
              "RUN/student: a model folder that generate, eval and serve load.")
@@ -20,7 +20,8 @@ def run(a: argparse.Namespace, module: str, config: str, function: str, names: t
     cfg = cls.load(a.config) if a.config else cls()
     overrides = {k: getattr(a, k) for k in ("teacher", "steps", "batch_size", *names)
                  if getattr(a, k) is not None}
-    print(f"wrote {getattr(mod, function)(cfg.replace(**overrides), a.out, resume=a.resume)}")
+    where = {"device": a.device} if hasattr(a, "device") else {}  # the methods that run on a GPU so far
+    print(f"wrote {getattr(mod, function)(cfg.replace(**overrides), a.out, resume=a.resume, **where)}")
 
 
 def add_run_args(d: argparse.ArgumentParser, teacher: str, config: str, steps: str) -> None:
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "Prompts are the captions of the config's data. " + RUN_FILES)
     add_run_args(d, "default: the config's, muse-128; an aMUSEd/Meissonic folder must be converted first "
                  "(fastmuse convert)", "DiMOConfig", "student updates")
+    add_device_arg(d)
     d.set_defaults(func=lambda a: run(a, "dimo_train", "DiMOConfig", "distill_dimo", ()))
 
     d = dsub.add_parser(

@@ -21,6 +21,7 @@ from ..config import check_range
 from ..convert import folder_files
 from ..data.tokens import build_token_data
 from ..errors import ConfigError
+from ..fast import resolve_device
 from ..hub import resolve
 from ..models import ARTransformer
 from ..pipeline import Pipeline, SamplerDefaults
@@ -107,19 +108,26 @@ def save_student(out: Path, cfg: DiMOConfig, student: torch.nn.Module, teacher: 
     return pipe.save_pretrained(out, card, files)
 
 
-def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at: int | None = None) -> Path:
-    """Run into folder `out`; returns the student model folder (out/student)."""
+def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at: int | None = None,
+                 device: str | torch.device = "cpu") -> Path:
+    """Run into folder `out` on `device` (cpu, cuda, cuda:N, auto); returns the student model
+    folder (out/student). The data cache is built on the CPU; draws come from CPU generators
+    (the same run on any device)."""
     out = Path(out)
+    device = resolve_device(device)
     ckpt = resume_checkpoint(out, resume, cfg, ("teacher",))
-    teacher = load_teacher(cfg.teacher)
+    with torch.device("cpu"):  # setup on the CPU, by name; then the teacher moves
+        teacher = load_teacher(cfg.teacher)
+        inside = resolve(cfg.teacher) / "tokenizer"  # a converted model's own tokenizer
+        tokenizer_id = str(inside) if inside.is_dir() else teacher.transformer.config.tokenizer
+        data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
+                                cfg.cache_dir, cfg.shapes_train, cfg.shapes_val, tokenizer_id=tokenizer_id)
+    teacher = Pipeline(teacher.transformer, teacher.tokenizer, teacher.text_encoder, teacher.defaults,
+                       device=device)
     tm = teacher.transformer.requires_grad_(False)
     tcfg = tm.config
-    inside = resolve(cfg.teacher) / "tokenizer"  # a converted model's own tokenizer
-    data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
-                            cfg.cache_dir, cfg.shapes_train, cfg.shapes_val,
-                            tokenizer_id=str(inside) if inside.is_dir() else tcfg.tokenizer)
     rows = data.train.cap_rows  # every caption of the training split (alternatives included)
-    empty = data.captions.lookup(data.captions.rows([""]))
+    empty = data.captions.lookup(data.captions.rows([""])).to(device)
     g = teacher_guidance(cfg, teacher)
     s = DiMOSettings(tcfg.codebook_size, tm.mask_id, cfg.init_mask_ratio, cfg.embed_noise, cfg.beta,
                      cfg.label_smoothing)
@@ -144,12 +152,13 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
 
     remask = lambda tokens, gen: random_mask(tokens, tm.mask_id, gen)  # noqa: E731 - the teacher's schedule
     grid = tcfg.grid
-    blank = torch.full((cfg.batch_size, grid, grid), tm.mask_id)
+    blank = torch.full((cfg.batch_size, grid, grid), tm.mask_id, device=device)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="dimo")
     for step in bar:
         gen = step_generator(cfg.seed, step, 0)
         set_lrs(step, cfg, {opt_s: cfg.lr, opt_a: cfg.aux_lr})
-        text = data.captions.lookup(rows[torch.randint(len(rows), (cfg.batch_size,), generator=gen)])
+        pick = torch.randint(len(rows), (cfg.batch_size,), generator=gen, device="cpu")
+        text = data.captions.lookup(rows[pick]).to(device)
 
         def logits_of(model: torch.nn.Module, tokens: torch.Tensor, text=text) -> torch.Tensor:
             out_ = model(tokens, text)

@@ -37,7 +37,7 @@ class EmbeddingCache:
 
     def rows(self, captions: Sequence[str]) -> torch.Tensor:
         try:
-            return torch.tensor([self._row[c] for c in captions])
+            return torch.tensor([self._row[c] for c in captions], device="cpu")  # this table is on the CPU
         except KeyError as e:
             raise DataError(f"caption {e.args[0]!r} is not in the embedding cache") from None
 
