@@ -138,8 +138,8 @@ def test_a_dimo_run_creates_nothing_off_the_model_device(tmp_path):
 
     data = str(tiny_dataset(tmp_path / "d", n=12, size=32))
     cfg = DiMOConfig(teacher=str(tiny_pipeline(tmp_path / "t")), data=(data,),
-                     cache_dir=str(tmp_path / "cache"), batch_size=3, steps=2, aux_updates=1,
-                     warmup_steps=1, log_every=1, eval_every=2, save_every=2, sample_prompts=("a red square",))
+                     cache_dir=str(tmp_path / "cache"), batch_size=3, steps=2, aux_updates=1, warmup_steps=1,
+                     log_every=1, eval_every=2, save_every=2, sample_prompts=("a red square",))
     want = distill_dimo(cfg, tmp_path / "plain", device="cpu")
     with default_device_meta():
         got = distill_dimo(cfg, tmp_path / "meta", device="cpu")
