@@ -153,3 +153,17 @@ def test_dmd1_regression_cli_and_bad_input(parts, teacher, tmp_path, capsys):
         DMDConfig(method="dmd", student_steps=4)
     with pytest.raises(ConfigError, match="student_steps"):
         DMDConfig(student_steps=3)
+
+
+@pytest.mark.parametrize("method", ["dmd", "dmd2"])
+def test_a_run_creates_nothing_off_the_model_device(parts, teacher, tmp_path, method):
+    """DMD (regression pairs) and DMD2 (GAN head, two student steps) under torch's default device
+    "meta" (setup on the CPU by name): the same student as a plain run."""
+    from test_device import default_device_meta
+
+    extra = {"student_steps": 2} if method == "dmd2" else {}
+    cfg = dmd_cfg(parts, teacher, method=method, steps=2, **extra)
+    want = distill_dmd(cfg, tmp_path / "plain", device="cpu")
+    with default_device_meta():
+        got = distill_dmd(cfg, tmp_path / "meta", device="cpu")
+    assert (got / "model.safetensors").read_bytes() == (want / "model.safetensors").read_bytes()

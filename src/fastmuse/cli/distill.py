@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "GAN head on the fake denoiser, backward simulation for multi-step students; DMD: "
                     "plus a regression loss on teacher ODE pairs). " + RUN_FILES)
     add_run_args(d, "a diffusion model; default: the config's, dit-128", "DMDConfig", "generator updates")
+    add_device_arg(d)
     d.add_argument("--method", choices=("dmd2", "dmd"), default=None, help="override the config's")
     d.add_argument("--student-steps", type=int, choices=(1, 2, 4), default=None,
                    help="sampling steps of the student (override)")

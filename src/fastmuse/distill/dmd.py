@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..sampling.maskgit import random
 from ..sampling.trigflow import SIGMA_D, Velocity, add_noise, denoise, flow_loss, sample_time
 
 
@@ -40,8 +41,8 @@ def generator_loss(x: torch.Tensor, real: Velocity, fake: Velocity, generator: t
     """Distribution-matching surrogate for G's samples x (with their graph); t ~ U(t_min, t_max)."""
     b = len(x)
     with torch.no_grad():
-        t = t_min + (t_max - t_min) * torch.rand(b, generator=generator)
-        x_t = add_noise(x.detach(), t, SIGMA_D * torch.randn(x.shape, generator=generator))
+        t = t_min + (t_max - t_min) * random((b,), generator, x.device)
+        x_t = add_noise(x.detach(), t, SIGMA_D * random(x.shape, generator, x.device, normal=True))
         real_x0, fake_x0 = denoise(x_t, t, real(x_t, t)), denoise(x_t, t, fake(x_t, t))
         grad = dm_grad(x.detach(), real_x0, fake_x0)
     loss = 0.5 * F.mse_loss(x, (x - grad).detach())
@@ -51,8 +52,8 @@ def generator_loss(x: torch.Tensor, real: Velocity, fake: Velocity, generator: t
 def fake_loss(x: torch.Tensor, fake: Velocity, generator: torch.Generator | None = None) -> torch.Tensor:
     """The fake denoiser's flow loss on G's (detached) samples, at the teacher's training times."""
     x = x.detach()
-    t = sample_time(len(x), generator=generator)
-    return flow_loss(fake, x, t, SIGMA_D * torch.randn(x.shape, generator=generator))
+    t = sample_time(len(x), generator=generator).to(x.device)
+    return flow_loss(fake, x, t, SIGMA_D * random(x.shape, generator, x.device, normal=True))
 
 
 Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> one logit per sample
@@ -73,8 +74,8 @@ class DiscriminatorHead(nn.Module):
 
 
 def _noised(x: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    t = sample_time(len(x), generator=generator)
-    return add_noise(x, t, SIGMA_D * torch.randn(x.shape, generator=generator)), t
+    t = sample_time(len(x), generator=generator).to(x.device)
+    return add_noise(x, t, SIGMA_D * random(x.shape, generator, x.device, normal=True)), t
 
 
 def gan_generator_loss(x: torch.Tensor, logits: Logits, generator: torch.Generator | None = None

@@ -30,10 +30,12 @@ from tqdm import tqdm
 from ..config import check_range
 from ..data.tokens import build_token_data
 from ..errors import ConfigError
+from ..fast import resolve_device
 from ..fsutil import atomic_write_bytes
 from ..models import DiT
 from ..models.dit import token_latents
 from ..pipeline import Pipeline, SamplerDefaults
+from ..sampling.maskgit import random
 from ..sampling.trigflow import denoise, few_step_sample, ode_sample, student_times
 from ..train.masked import step_generator, update_ema
 from .common import (
@@ -94,28 +96,36 @@ def regression_set(teacher: Pipeline, cfg: DMDConfig, prompts: list[str], path: 
         return load(path.read_bytes())
     m, d = teacher.transformer, teacher.defaults
     gen = torch.Generator().manual_seed(cfg.seed)
-    z = m.config.sigma_d * torch.randn(len(prompts), m.config.channels, m.config.grid, m.config.grid,
-                                       generator=gen)
+    shape = (len(prompts), m.config.channels, m.config.grid, m.config.grid)
+    z = m.config.sigma_d * random(shape, gen, teacher.device, normal=True)
     g = teacher_guidance(cfg, teacher)
     outs = []
     for i in tqdm(range(0, len(prompts), 16), desc="teacher ODE pairs"):
         cond = m.prepare_text(teacher.text_encoder.encode(prompts[i:i + 16]))
         uncond = teacher.uncond().repeat(len(cond.c))
         outs.append(ode_sample(m.guided(cond, uncond, g), z[i:i + 16], d.steps, d.solver))
-    pairs = {"z": z, "x0": torch.cat(outs)}
+    pairs = {"z": z.cpu(), "x0": torch.cat(outs).cpu()}
     atomic_write_bytes(path, save(pairs))
     return pairs
 
 
-def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: int | None = None) -> Path:
-    """Run into folder `out`; returns the student model folder (out/student)."""
+def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: int | None = None,
+                device: str | torch.device = "cpu") -> Path:
+    """Run into folder `out` on `device` (cpu, cuda, cuda:N, auto); returns the student model
+    folder (out/student). The data cache is built on the CPU; draws come from CPU generators
+    (the same run on any device)."""
     out = Path(out)
+    device = resolve_device(device)
     ckpt = resume_checkpoint(out, resume, cfg, ("teacher", "method", "student_steps", "gan"))
-    teacher = load_diffusion_teacher(cfg.teacher)
+    with torch.device("cpu"):  # setup on the CPU, by name; then the teacher moves
+        teacher = load_diffusion_teacher(cfg.teacher)
+        data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
+                                cfg.cache_dir, cfg.shapes_train, cfg.shapes_val,
+                                tokenizer_id=teacher.transformer.config.tokenizer)
+    teacher = Pipeline(teacher.transformer, teacher.tokenizer, teacher.text_encoder, teacher.defaults,
+                       device=device)
     tm = teacher.transformer.requires_grad_(False)
     s = tm.config.sigma_d
-    data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
-                            cfg.cache_dir, cfg.shapes_train, cfg.shapes_val, tokenizer_id=tm.config.tokenizer)
     rows = data.train.cap_rows  # every caption of the training split (alternatives included)
     g = teacher_guidance(cfg, teacher)
     times = student_times(cfg.student_steps)
@@ -124,7 +134,8 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
     torch.manual_seed(cfg.seed)
     student = copy.deepcopy(tm).train().requires_grad_(True)
     fake = copy.deepcopy(tm).train().requires_grad_(True)
-    head = DiscriminatorHead(tm.config.dim)
+    with torch.device("cpu"):  # initialised on the CPU: the same head on any device
+        head = DiscriminatorHead(tm.config.dim).to(device)
     ema = copy.deepcopy(tm).eval()
     opt_g = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.01)
     opt_f = torch.optim.AdamW([*fake.parameters(), *head.parameters()], lr=cfg.fake_lr, weight_decay=0.01)
@@ -137,20 +148,22 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
         save_samples(out, teacher(probe, seed=0), probe, "teacher")
     if cfg.method == "dmd":
         prompt_gen = torch.Generator().manual_seed(cfg.seed)
-        pair_rows = rows[torch.randint(len(rows), (cfg.regression_pairs,), generator=prompt_gen)]
+        pair_rows = rows[torch.randint(len(rows), (cfg.regression_pairs,), generator=prompt_gen,
+                                       device="cpu")]
         captions = [data.captions.captions[int(r)] for r in pair_rows]
-        pairs = regression_set(teacher, cfg, captions, out / "regression_pairs.safetensors")
+        pairs = {k: v.to(device) for k, v in
+                 regression_set(teacher, cfg, captions, out / "regression_pairs.safetensors").items()}
     uncond_one = teacher.uncond()
 
     def sample_x(text, gen: torch.Generator, grad: bool) -> torch.Tensor:
         """G's output at a random step of its schedule from its own earlier steps (backward
         simulation; step 0 starts from noise). G reads the text through its own projection."""
-        z = s * torch.randn(shape, generator=gen)
-        i = int(torch.randint(len(times), (1,), generator=gen))
+        z = s * random(shape, gen, device, normal=True)
+        i = int(torch.randint(len(times), (1,), generator=gen, device="cpu"))
         with torch.no_grad():
             ctx = student.prepare_text(text)
             x_in = few_step_sample(lambda x, t: student.velocity(x, t, ctx), z, times, gen, upto=i)
-        t = torch.full((len(z),), times[i])
+        t = torch.full((len(z),), times[i], device=device)
         with torch.set_grad_enabled(grad):
             ctx = student.prepare_text(text) if grad else ctx
             return denoise(x_in, t, student.velocity(x_in, t, ctx))
@@ -163,7 +176,8 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
     for step in bar:
         gen = step_generator(cfg.seed, step, 0)
         set_lrs(step, cfg, {opt_g: cfg.lr, opt_f: cfg.fake_lr})
-        text = data.captions.lookup(rows[torch.randint(len(rows), (cfg.batch_size,), generator=gen)])
+        pick = torch.randint(len(rows), (cfg.batch_size,), generator=gen, device="cpu")
+        text = data.captions.lookup(rows[pick]).to(device)
         with torch.no_grad():
             real_v = tm.guided(tm.prepare_text(text), uncond_one.repeat(cfg.batch_size), g)
         logs: dict[str, float] = {}
@@ -179,8 +193,9 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
             loss = fake_loss(x, fake_v, gen)
             logs["loss_fake"] = loss.item()
             if cfg.gan:  # G's side: the features of the flow loss's own forward pass
-                pick = torch.randint(len(data.train), (cfg.batch_size,), generator=gen)
-                real = token_latents(teacher.tokenizer, data.train.tokens[pick], tm.config.latent_scale)
+                pick = torch.randint(len(data.train), (cfg.batch_size,), generator=gen, device="cpu")
+                real = token_latents(teacher.tokenizer, data.train.tokens[pick].to(device),
+                                     tm.config.latent_scale)
                 d_loss, d_logs = gan_discriminator_loss(real, head(features["tokens"]),
                                                         lambda x_t, t, c=fctx: logits_of(x_t, t, c), gen)
                 loss = loss + cfg.disc_weight * d_loss
@@ -200,9 +215,9 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
             loss = loss + cfg.gan_weight * gan
             logs["loss_gan"] = gan.item()
         if cfg.method == "dmd":
-            pick = torch.randint(cfg.regression_pairs, (cfg.regression_batch,), generator=gen)
-            pctx = student.prepare_text(data.captions.lookup(pair_rows[pick]))
-            t = torch.full((len(pick),), times[0])
+            pick = torch.randint(cfg.regression_pairs, (cfg.regression_batch,), generator=gen, device="cpu")
+            pctx = student.prepare_text(data.captions.lookup(pair_rows[pick]).to(device))
+            t = torch.full((len(pick),), times[0], device=device)
             x_reg = denoise(pairs["z"][pick], t, student.velocity(pairs["z"][pick], t, pctx))
             reg = F.mse_loss(x_reg, pairs["x0"][pick])
             loss = loss + cfg.regression_weight * reg

@@ -78,7 +78,7 @@ def ode_sample(velocity: Velocity, z: torch.Tensor, steps: int, solver: str = "h
     (averaging the velocities at both ends, except on the last step to t_min = 0)."""
     if solver not in SOLVERS:
         raise ConfigError(f"solver is {solver!r}; accepted: {', '.join(SOLVERS)}")
-    ts = torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64).tolist()
+    ts = torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64, device="cpu").tolist()
     x = z
     for t, s in zip(ts[:-1], ts[1:], strict=True):
         check_cancelled()
