@@ -90,6 +90,7 @@ def test_int8_folder_loads_what_quantizing_at_load_makes(tmp_path):
     assert (out / "model.safetensors").stat().st_size < (src / "model.safetensors").stat().st_size
     again = convert_public(out, tmp_path / "again", "int8")  # an int8 folder converts to itself
     assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    assert (again / "README.md").read_text().count("## int8") == 1
     for wrong in ("fp32", "bf16"):
         with pytest.raises(ConfigError, match=f"holds int8 weights .* not '{wrong}'"):
             Pipeline.from_pretrained(out, precision=wrong)

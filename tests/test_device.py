@@ -72,6 +72,8 @@ def test_device_choice_and_errors(pipes):
     moved = Pipeline(p.transformer, p.tokenizer, p.text_encoder, p.defaults, device="cpu")
     assert moved.device == torch.device("cpu")
     assert torch.equal(moved.generate_tokens("a", seed=1), p.generate_tokens("a", seed=1))
+    assert torch.equal(p.to("cpu").generate_tokens("a", seed=1), p.generate_tokens("a", seed=1))
+    assert p.to("cpu").defaults == p.defaults and p.to("cpu").precision == p.precision
 
 
 def test_cli_device_errors(pipes, tmp_path, capsys):

@@ -23,7 +23,7 @@ from pathlib import Path
 from .errors import CheckpointError, ConfigError
 from .fsutil import atomic_dir
 from .hub import CONFIG_NAME, DIFFUSERS_WEIGHTS, MANIFEST_NAME, PICKLE_SUFFIXES, resolve, verify
-from .int8 import QUANT_FILE
+from .int8 import QUANT_FILE, is_int8_folder
 from .models.uvit import UViT
 from .pipeline import SAMPLER_FILE, Pipeline
 from .tokenizer import VQTokenizer
@@ -65,7 +65,7 @@ def convert_public(src: str | os.PathLike, out: str | os.PathLike, precision: st
         files = {f: (folder / f).read_bytes() for f in verify(folder) if f not in rewritten}
         card_path = folder / "README.md"
         card = card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {folder.name}\n"
-    if precision == "int8":
+    if precision == "int8" and not is_int8_folder(folder):  # an int8 source's card says so already
         card += (f"\n## int8\n\nWritten by `fastmuse convert {src} {out} --precision int8`: every Linear "
                  "layer of the transformer stored as int8 weights with one scale per output channel "
                  "(quantization.json); it loads only with `--precision int8` or `auto`.\n")

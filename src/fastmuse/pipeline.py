@@ -195,6 +195,14 @@ class Pipeline(EditingMixin):
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
 
+    def to(self, device: str | torch.device) -> Pipeline:
+        """This pipeline on `device` (the modules move in place, as nn.Module.to does), with the
+        same precision, sampler defaults and super-resolution stages."""
+        moved = Pipeline(self.transformer, self.tokenizer, self.text_encoder, self.defaults,
+                         precision=self.precision, device=device)
+        moved.upsamplers = [stage.to(device) for stage in self.upsamplers]
+        return moved
+
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike, text_encoder: TextEncoder | None = None,
                         **fast) -> Pipeline:

@@ -122,8 +122,7 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
         data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
                                 cfg.cache_dir, cfg.shapes_train, cfg.shapes_val,
                                 tokenizer_id=teacher.transformer.config.tokenizer)
-    teacher = Pipeline(teacher.transformer, teacher.tokenizer, teacher.text_encoder, teacher.defaults,
-                       device=device)
+    teacher = teacher.to(device)
     tm = teacher.transformer.requires_grad_(False)
     s = tm.config.sigma_d
     rows = data.train.cap_rows  # every caption of the training split (alternatives included)
