@@ -22,7 +22,7 @@ from fastmuse.models import MaskedTransformer, MaskedTransformerConfig
 from fastmuse.pipeline import Pipeline
 from fastmuse.sampling.one_step import embedding_noise, initial_state, token_embedding
 from fastmuse.serve.app import ServeSettings, create_app
-from fastmuse.train.masked import random_mask
+from fastmuse.train.losses import random_mask
 from helpers import assert_resumes_exactly, tiny_dataset, tiny_pipeline
 
 

@@ -16,8 +16,8 @@ from fastmuse.eval.distribution import fd, frechet_distance, kid, tf_resize
 from fastmuse.eval.shapes_check import check, detect
 from fastmuse.eval.shapes_suite import render_item, suite_items, validate_checker
 from fastmuse.eval.suite import EvalSettings, evaluate, table
+from fastmuse.eval.tokenizer import evaluate_recon
 from fastmuse.pipeline import Pipeline
-from fastmuse.tokenizer.evaluate import evaluate_recon
 from helpers import tiny_pipeline
 
 # the prompts of suite "shapes-v1": a change here needs a new SUITE_VERSION

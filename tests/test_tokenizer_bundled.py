@@ -7,9 +7,9 @@ import torch
 from fastmuse.data.images import to_tensor
 from fastmuse.data.shapes import render_scene, scene_at
 from fastmuse.eval.image_metrics import psnr
+from fastmuse.eval.tokenizer import flat_consistency
 from fastmuse.hub import bundled_models
 from fastmuse.tokenizer import VQTokenizer
-from fastmuse.tokenizer.evaluate import flat_consistency
 
 NAMES = [n for n in ("tokenizer-f8", "tokenizer-v2") if n in bundled_models()]
 

@@ -119,7 +119,7 @@ def flat(rgb: tuple[float, float, float], size: int) -> torch.Tensor:
 
 
 def test_replicate_padding_encodes_a_flat_image_to_one_code_everywhere():
-    from fastmuse.tokenizer.evaluate import flat_consistency
+    from fastmuse.eval.tokenizer import flat_consistency
 
     m = tiny(4, padding="replicate")
     with torch.no_grad():
@@ -170,14 +170,14 @@ def test_flat_snap_gives_flat_patches_their_colours_code_wherever_they_lie():
 
 
 def test_code_entropy_bits():
-    from fastmuse.tokenizer.evaluate import code_entropy_bits
+    from fastmuse.eval.tokenizer import code_entropy_bits
 
     assert code_entropy_bits(torch.tensor([5, 5, 5, 5, 0])) == pytest.approx(2.0)
     assert code_entropy_bits(torch.tensor([0, 9, 0])) == 0.0
 
 
 def test_flat_patch_share_counts_codes_per_flat_colour():
-    from fastmuse.tokenizer.evaluate import flat_patch_share
+    from fastmuse.eval.tokenizer import flat_patch_share
 
     images = torch.ones(2, 3, 16, 16)
     images[:, :, 8:, :] = -1.0  # bottom half black: 8 white and 8 black 4x4 patches per image
@@ -187,7 +187,7 @@ def test_flat_patch_share_counts_codes_per_flat_colour():
 
 
 def test_export_stores_fp16_and_can_set_flat_snap(tmp_path):
-    from fastmuse.tokenizer.evaluate import export_tokenizer
+    from fastmuse.eval.tokenizer import export_tokenizer
     from helpers import tiny_tokenizer
 
     src = tiny_tokenizer(tmp_path / "src")

@@ -9,8 +9,8 @@ from fastmuse.cli import main
 from fastmuse.errors import ConfigError, DataError
 from fastmuse.hub import load_checkpoint
 from fastmuse.tokenizer import VQConfig, VQTokenizer
-from fastmuse.tokenizer.train import TokenizerTrainConfig, train_tokenizer
 from fastmuse.train.schedule import lr_at
+from fastmuse.train.tokenizer import TokenizerTrainConfig, train_tokenizer
 from helpers import tiny_dataset
 
 
@@ -107,7 +107,7 @@ def test_cli_train_recon_eval(data, tmp_path, capsys):
 
 
 def test_warm_start_across_padding_and_norm_groups(data, tmp_path):
-    from fastmuse.tokenizer.train import warm_start_tokenizer
+    from fastmuse.train.tokenizer import warm_start_tokenizer
 
     src = train_tokenizer(cfg_for(data, steps=2, gan_weight=0.0), tmp_path / "src")
     model = VQTokenizer(cfg_for(data).model.replace(padding="replicate", norm_num_groups=4))

@@ -15,13 +15,9 @@ from fastmuse.data.tokens import TokenData
 from fastmuse.errors import ConfigError, DataError
 from fastmuse.hub import load_checkpoint
 from fastmuse.models import MaskedTransformer, MaskedTransformerConfig, MMDiTConfig, UViTConfig
-from fastmuse.train.masked import (
-    TransformerTrainConfig,
-    masked_loss,
-    random_mask,
-    train_transformer,
-    weights_checksum,
-)
+from fastmuse.train.losses import masked_loss, random_mask
+from fastmuse.train.masked import TransformerTrainConfig, train_transformer
+from fastmuse.train.run import weights_checksum
 from helpers import tiny_dataset, tiny_text_encoder, tiny_tokenizer
 
 

@@ -44,13 +44,14 @@ from PIL import Image, ImageFilter
 from .data.images import load_rgb, to_rgb, to_tensor
 from .errors import ConfigError
 from .fast import inference
-from .models import DiT
-from .sampling.maskgit import guidance_context, random, token_logprob
+from .sampling.maskgit import guidance_context, token_logprob
+from .sampling.noise import random
 from .sampling.windows import windows
 from .text.encoders import check_prompts
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline, SamplingRun
+    from .pipeline import Pipeline
+    from .sampling.families import SamplingRun
 
 MASK_THRESHOLD = 128
 FEATHER = 2  # px: soft band inside the mask edge when blending back
@@ -252,7 +253,7 @@ class EditingMixin:
     def _canvas(self: Pipeline, canvas: Image.Image, image_size: tuple[int, int]
                 ) -> tuple[tuple[int, int], torch.Tensor]:
         """(scaled canvas size, its tokens [h, w]) under the size rule."""
-        if isinstance(self.transformer, DiT):
+        if self.family.makes_latents:
             raise ConfigError("inpainting, outpainting and editing need a masked token model; this is a "
                               "diffusion model (text-to-image only)")
         size = canvas_size(canvas.size, image_size, self.resolution, self.tokenizer.downsample)

@@ -25,85 +25,24 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from .config import read_json
 from .editing import EditingMixin
 from .errors import CheckpointError, ConfigError
 from .fast import check_precision, compile_forward, inference, resolve_device
 from .hub import BUNDLED_DIR, bundled_models, resolve, save_checkpoint, stored
 from .int8 import QUANT_FILE, int8_state, is_int8_folder, is_quantized, quant_file, quantize_int8
-from .models import ARTransformer, DiT, MaskedTransformer, TextContext, load_transformer
+from .models import DiT, MaskedTransformer, TextContext, load_transformer
 from .models.from_diffusers import load_diffusers_transformer
 from .models.transformer import low_res_grid, micro_names
-from .sampling.autoregressive import ar_sample, check_ar_args
-from .sampling.maskgit import Generators, check_sampler_args, guided_steps, maskgit_sample, random
-from .sampling.one_step import check_one_step_args, one_step_sample
-from .sampling.trigflow import check_ode_args, few_step_sample, ode_sample, student_times
-from .sampling.windows import fill_windows
+from .sampling.families import SAMPLER_FILE, SamplerDefaults, SamplingRun, family_for
 from .text.encoders import TextEncoder, check_prompts, load_text_encoder
 from .tokenizer import VQTokenizer
 
-SAMPLER_FILE = "sampler.json"
 MAX_IMAGES = 64  # per call: n * len(prompts)
-SAMPLERS = ("maskgit", "one_step", "ode", "few_step")
-
-
-@dataclass
-class SamplerDefaults:
-    steps: int = 12
-    guidance: float = 3.0
-    schedule: str = "cosine"
-    guidance_schedule: str = "constant"
-    temperature: float = 1.0
-    noise: float = 4.5
-    top_k: int = 0  # autoregressive models only (0: no cut)
-    # "maskgit" (iterative), or "one_step" for a Di[M]O student with its initial-state settings;
-    # diffusion models: "ode" (the teacher, with `solver`) or "few_step": a DMD student trained
-    # for `steps` uniform times, which also runs at any divisor of them (a subset of its times),
-    # or a consistency (sCM) student with its own `times`, which runs any prefix of them
-    sampler: str = "maskgit"
-    init_mask_ratio: float = 0.6
-    embed_noise: float = 0.1
-    solver: str = "heun"
-    times: list[float] | None = None
-    guidance_interval: list[float] = field(default_factory=lambda: [0.0, 1.0])  # maskgit: guided steps
-    order: str = "confidence"  # maskgit: which tokens each step keeps (confidence or halton)
-    micro: dict[str, float | None] | None = None  # micro-conditioned models: values when not given
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"sampler is {self.sampler!r}; accepted: {', '.join(SAMPLERS)}")
-
-    def student_steps(self) -> list[int]:
-        """The step counts a few-step student runs: divisors of a DMD student's, any prefix of a
-        consistency student's times."""
-        if self.times:
-            return list(range(1, len(self.times) + 1))
-        return [k for k in range(1, self.steps + 1) if self.steps % k == 0]
-
-    @staticmethod
-    def load(folder: Path) -> SamplerDefaults:
-        """A model folder's sampler.json (absent: the defaults), as strict as config.json:
-        unknown keys and unreadable files are errors that name the file."""
-        path = folder / SAMPLER_FILE
-        if not path.is_file():
-            return SamplerDefaults()
-        data = read_json(path)
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        accepted = [f.name for f in fields(SamplerDefaults)]
-        unknown = sorted(set(data) - set(accepted))
-        if unknown:
-            raise ConfigError(f"{path}: unknown key {unknown[0]!r} (accepted: {', '.join(accepted)})")
-        return SamplerDefaults(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
 
 
 def reference_defaults(steps: int, guidance: float) -> SamplerDefaults:
@@ -119,43 +58,6 @@ REFERENCE_DEFAULTS = {"UViT": reference_defaults(12, 10.0), "MMDiT": reference_d
 DIFFUSERS_PARTS = ("transformer", "vqvae", "text_encoder")
 
 
-@dataclass
-class SamplingRun:
-    """One call's model, text contexts, options and random stream (see Pipeline.sampling)."""
-    model: MaskedTransformer
-    cond: TextContext
-    uncond: TextContext | None
-    steps: int
-    guidance: float
-    options: dict
-    generator: Generators
-
-    def fill(self, init: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-        """Tokens [B, h, w] with MASK where unknown -> completed, window by window.
-        A diffusion model: noise [B, D, h, w] (std sigma_d) -> latents."""
-        if isinstance(self.model, DiT):
-            velocity = self.model.guided(self.cond, self.uncond, self.guidance)
-            if "solver" in self.options:
-                return ode_sample(velocity, init, self.steps, **self.options)
-            return few_step_sample(velocity, init, self.options["times"], self.generator)
-        if isinstance(self.model, ARTransformer):
-            g = self.model.config.grid
-            if tuple(init.shape[-2:]) != (g, g) or bool((init != self.model.mask_id).any()):
-                raise ConfigError("the autoregressive model only generates whole images from text; "
-                                  "inpainting, outpainting and editing need a masked model")
-            return ar_sample(self.model, self.cond, self.uncond, guidance=self.guidance,
-                             generator=self.generator, **self.options)
-
-        def sample(window: torch.Tensor) -> torch.Tensor:
-            if "init_mask_ratio" in self.options:  # a one-step student
-                return one_step_sample(self.model, window, self.cond, self.uncond, guidance=self.guidance,
-                                       generator=self.generator, **self.options)
-            return maskgit_sample(self.model, window, self.cond, self.uncond, steps=steps or self.steps,
-                                  guidance=self.guidance, generator=self.generator, **self.options)
-
-        return fill_windows(sample, init, self.model.mask_id, self.model.config.grid)
-
-
 class Pipeline(EditingMixin):
     """`precision` ("auto", "fp32", "bf16", "int8") and `compile` are the fast modes (fast.py);
     `device` ("cpu", "cuda", "cuda:N", "auto"; None: where the modules are) where it all runs."""
@@ -165,7 +67,9 @@ class Pipeline(EditingMixin):
                  precision: str = "fp32", compile: bool = False,
                  device: str | torch.device | None = None) -> None:
         cfg = transformer.config
-        if isinstance(transformer, DiT):
+        self.defaults = defaults or SamplerDefaults()
+        self.family = family_for(transformer, self.defaults)
+        if self.family.makes_latents:
             if tokenizer.config.vq_embed_dim != cfg.channels:
                 raise ConfigError(f"tokenizer codes are {tokenizer.config.vq_embed_dim}-d, the diffusion "
                                   f"model's latent {cfg.channels}-d")
@@ -187,7 +91,6 @@ class Pipeline(EditingMixin):
         # channels-last convolutions: the VQ decoder runs 15% faster on CPU, same result to rounding
         self.tokenizer = tokenizer.eval().to(memory_format=torch.channels_last)
         self.text_encoder = text_encoder
-        self.defaults = defaults or SamplerDefaults()
         self._uncond = None
         self.upsamplers: list[Pipeline] = []  # super-resolution stages run after this one (from_stages)
 
@@ -309,53 +212,15 @@ class Pipeline(EditingMixin):
             generator = [(torch.Generator().manual_seed(x), c) for x, c in zip(seed, counts, strict=True)]
         else:
             raise ConfigError(f"seed is {seed!r}; accepted: an integer, or one integer per prompt")
-        d, m = self.defaults, self.transformer
+        d, m, family = self.defaults, self.transformer, self.family
         guidance = d.guidance if guidance is None else guidance
-        if isinstance(m, ARTransformer):
-            opts = {"temperature": d.temperature, "top_k": d.top_k}
-            tokens = m.config.grid ** 2
-            if steps not in (None, tokens):
-                raise ConfigError(f"steps is {steps!r}; the autoregressive model takes one step per "
-                                  f"token: {tokens}")
-            steps = tokens
-        elif isinstance(m, DiT) and d.sampler == "few_step":
-            opts = {}
-            accepted = d.student_steps()
-            steps = d.steps if steps is None else steps
-            if steps not in accepted:
-                raise ConfigError(f"steps is {steps!r}; this {d.steps}-step student takes "
-                                  f"{', '.join(map(str, accepted))}")
-            times = d.times[:steps] if d.times else student_times(steps)
-        elif isinstance(m, DiT):
-            opts = {"solver": d.solver}
-            steps = d.steps if steps is None else steps
-        elif d.sampler == "one_step":
-            opts = {"temperature": d.temperature, "init_mask_ratio": d.init_mask_ratio,
-                    "embed_noise": d.embed_noise}
-            if steps not in (None, 1):
-                raise ConfigError(f"steps is {steps!r}; this one-step model takes exactly 1")
-            steps = 1
-        else:
-            opts = {"schedule": d.schedule, "guidance_schedule": d.guidance_schedule,
-                    "temperature": d.temperature, "noise": d.noise,
-                    "guidance_interval": tuple(d.guidance_interval), "order": d.order}
-            steps = d.steps if steps is None else steps
+        steps = family.steps(m, d, steps)
+        opts = family.options(d)
         unknown = sorted(set(sampler) - set(opts))
         if unknown:
             raise ConfigError(f"sampler option {unknown[0]!r} does not apply to this model; accepted: "
                               f"{', '.join(opts)}")
-        opts.update(sampler)
-        if isinstance(m, DiT) and d.sampler == "few_step":
-            opts["times"] = times
-        if isinstance(m, DiT):
-            check_ode_args(steps, guidance, opts.get("solver", "heun"))
-        elif isinstance(m, ARTransformer):
-            check_ar_args(guidance, opts["temperature"], opts["top_k"])
-        elif d.sampler == "one_step":
-            check_one_step_args(guidance, opts["temperature"], opts["init_mask_ratio"], opts["embed_noise"])
-        else:
-            check_sampler_args(steps, guidance, opts["schedule"], opts["guidance_schedule"],
-                               opts["temperature"], opts["noise"], opts["guidance_interval"], opts["order"])
+        opts = family.check(d, steps, guidance, {**opts, **sampler})
         values = self.micro_values(micro)
         text = self.text_encoder.encode(prompts)
         if values is None:
@@ -365,7 +230,7 @@ class Pipeline(EditingMixin):
         uncond = self.uncond(values).repeat(sum(counts)) if guidance > 0 else None
         if low_res_grid(m.config) or low_res is not None:
             cond, uncond = self._with_low_res(cond, uncond, low_res)
-        return SamplingRun(m, cond, uncond, steps, guidance, opts, generator)
+        return SamplingRun(family, m, cond, uncond, steps, guidance, opts, generator)
 
     def _with_low_res(self, cond: TextContext, uncond: TextContext | None,
                       low_res: torch.Tensor | None) -> tuple[TextContext, TextContext | None]:
@@ -374,20 +239,14 @@ class Pipeline(EditingMixin):
             chains = "; ".join(" ".join(c) for c in supported_stages()) or "none bundled"
             raise ConfigError(f"this is a super-resolution stage: it upsamples a base model's tokens "
                               f"(low_res); run it after one (stages: {chains})")
-        if not isinstance(m, MaskedTransformer) or not m.config.low_res_grid:
+        if not low_res_grid(m.config):
             raise ConfigError("low_res given, but this is not a super-resolution model")
         return m.with_low_res(cond, low_res), None if uncond is None else m.with_low_res(uncond, low_res)
 
     def network_evaluations(self, steps: int, guidance: float,
                             guidance_interval: tuple[float, float] | None = None) -> int:
         """Forward passes per image (a guided pass counts twice: it runs the batch twice)."""
-        d = self.defaults
-        per_step = 2 if guidance > 0 else 1
-        if isinstance(self.transformer, DiT) and d.sampler == "ode" and d.solver == "heun":
-            return (2 * steps - 1) * per_step  # Heun: two evaluations per step but the last
-        if guidance > 0 and d.sampler == "maskgit" and not isinstance(self.transformer, DiT | ARTransformer):
-            return steps + guided_steps(steps, guidance_interval or tuple(d.guidance_interval))
-        return steps * per_step
+        return self.family.network_evaluations(self.defaults, steps, guidance, guidance_interval)
 
     @inference
     def generate_tokens(self, prompts: str | list[str], n: int | list[int] = 1, steps: int | None = None,
@@ -411,14 +270,12 @@ class Pipeline(EditingMixin):
     def _generate(self, prompts: list[str], n, steps, guidance, seed, init, micro, low_res,
                   **sampler) -> torch.Tensor:
         run = self.sampling(prompts, n, steps, guidance, seed, micro, low_res, **sampler)
-        b, cfg = run.cond.c.shape[0], self.transformer.config
-        if isinstance(self.transformer, DiT):
-            if init is not None:
-                raise ConfigError("init (a token canvas) needs a masked model; this is a diffusion model")
-            shape = (b, cfg.channels, cfg.grid, cfg.grid)
-            return run.fill(cfg.sigma_d * random(shape, run.generator, self.device, normal=True))
-        return run.fill(torch.full((b, cfg.grid, cfg.grid), self.transformer.mask_id, device=self.device)
-                        if init is None else self._check_init(init, b))
+        b = run.cond.c.shape[0]
+        if init is None:
+            return run.fill(self.family.start(self.transformer, b, run.generator, self.device))
+        if self.family.makes_latents:
+            raise ConfigError("init (a token canvas) needs a masked model; this is a diffusion model")
+        return run.fill(self._check_init(init, b))
 
     def _check_init(self, init: torch.Tensor, b: int) -> torch.Tensor:
         k = self.transformer.config.codebook_size
@@ -437,10 +294,7 @@ class Pipeline(EditingMixin):
     def decode(self, tokens: torch.Tensor) -> list[Image.Image]:
         from .data.images import to_pil
 
-        if isinstance(self.transformer, DiT):  # latents, not ids
-            images = self.tokenizer.decode_latents(tokens / self.transformer.config.latent_scale)
-        else:
-            images = self.tokenizer.decode(tokens)
+        images = self.family.decode(self.tokenizer, self.transformer, tokens)
         return [to_pil(im) for im in images.clamp(-1, 1)]
 
     def __call__(self, prompts: str | list[str], n: int | list[int] = 1, steps: int | None = None,

@@ -29,7 +29,6 @@ def cmd_bench(a: argparse.Namespace) -> None:
     )
     from ..fast import resolve_device
     from ..fsutil import atomic_write_bytes
-    from ..models import ARTransformer, DiT
     from ..pipeline import Pipeline
 
     device = resolve_device(a.device)
@@ -57,7 +56,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
         a.peers = ["fp32", "bf16"] if a.peers is None else a.peers
     else:
         base = Pipeline.from_pretrained(a.model, device=device)
-        if isinstance(base.transformer, DiT | ARTransformer):
+        if base.family.name not in ("maskgit", "one_step"):
             raise ConfigError(f"--model {a.model}: fastmuse bench times masked-token models (MaskGIT or "
                               "one-step); for diffusion and autoregressive models use "
                               "`fastmuse eval --suite speed`")

@@ -13,14 +13,14 @@ DEFAULT_TOKENIZER = "tokenizer-v2"
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from ..tokenizer.train import TokenizerTrainConfig, train_tokenizer
+    from ..train.tokenizer import TokenizerTrainConfig, train_tokenizer
 
     print(f"wrote {train_tokenizer(load_train_config(TokenizerTrainConfig, a), a.out, resume=a.resume)}")
 
 
 def cmd_recon(a: argparse.Namespace) -> None:
+    from ..eval.tokenizer import reconstruct
     from ..tokenizer import VQTokenizer
-    from ..tokenizer.evaluate import reconstruct
 
     model = VQTokenizer.from_pretrained(a.model)
     image = reconstruct(model, a.image, a.resolution)
@@ -30,14 +30,14 @@ def cmd_recon(a: argparse.Namespace) -> None:
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
-    from ..tokenizer import VQTokenizer
-    from ..tokenizer.evaluate import (
+    from ..eval.tokenizer import (
         check_resolution,
         evaluate_recon,
         flat_consistency,
         load_val_images,
         recon_grid,
     )
+    from ..tokenizer import VQTokenizer
 
     model = VQTokenizer.from_pretrained(a.model)
     check_resolution(model, a.resolution)
@@ -54,7 +54,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
 
 def cmd_export(a: argparse.Namespace) -> None:
-    from ..tokenizer.evaluate import export_tokenizer, load_val_images
+    from ..eval.tokenizer import export_tokenizer, load_val_images
 
     card = Path(a.card).read_text(encoding="utf-8") if a.card else None
     images = load_val_images(a.data, a.resolution, a.n)

@@ -11,10 +11,9 @@ import torch
 from ..config import Config, check_range
 from ..data.images import make_grid
 from ..errors import ConfigError
-from ..models import DiT
 from ..pipeline import Pipeline, SamplerDefaults
 from ..train.log import JsonlLogger
-from ..train.masked import SAMPLE_PROMPTS
+from ..train.run import SAMPLE_PROMPTS
 from ..train.schedule import lr_at
 from ..train.state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
 
@@ -104,9 +103,9 @@ def teacher_guidance(cfg: DistillConfig, teacher: Pipeline) -> float:
 def load_diffusion_teacher(name: str) -> Pipeline:
     """The DMD and sCM teacher: a DiT in TrigFlow form, sampled by its ODE."""
     pipe = Pipeline.from_pretrained(name)
-    if not isinstance(pipe.transformer, DiT) or pipe.defaults.sampler != "ode":
-        what = pipe.defaults.sampler if isinstance(pipe.transformer, DiT) else type(pipe.transformer).__name__
-        raise ConfigError(f"teacher {name!r} is a {what} model; accepted: a diffusion model in TrigFlow form "
+    if pipe.family.name != "ode":
+        raise ConfigError(f"teacher {name!r} is a {pipe.family.name} model; accepted: a diffusion model "
+                          "in TrigFlow form "
                           "sampled by its ODE (kind 'dit', e.g. dit-128)")
     return pipe
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..sampling.maskgit import gumbel
+from ..sampling.noise import gumbel
 from ..sampling.one_step import embedding_noise, initial_state
 
 # logits_of(model, tokens [B, ...]) -> logits [B, N, K] in fp32, the batch's text bound in

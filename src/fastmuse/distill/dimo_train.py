@@ -23,10 +23,10 @@ from ..data.tokens import build_token_data
 from ..errors import ConfigError
 from ..fast import resolve_device
 from ..hub import resolve
-from ..models import ARTransformer
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.maskgit import guidance_context, guided_logits, token_logprob
-from ..train.masked import random_mask, step_generator, update_ema
+from ..train.losses import random_mask
+from ..train.run import step_generator, update_ema
 from .common import (
     DistillConfig,
     due,
@@ -71,9 +71,9 @@ def load_teacher(name: str) -> Pipeline:
         raise ConfigError(f"teacher {name!r} is an aMUSEd/Meissonic folder as diffusers writes it; "
                           f"convert it first: fastmuse convert {name} OUT, then --teacher OUT")
     pipe = Pipeline.from_pretrained(folder)
-    if isinstance(pipe.transformer, ARTransformer) or pipe.defaults.sampler != "maskgit":
-        what = "autoregressive" if isinstance(pipe.transformer, ARTransformer) else pipe.defaults.sampler
-        raise ConfigError(f"teacher {name!r} is a {what} model; accepted: a masked (MaskGIT-sampled) model")
+    if pipe.family.name != "maskgit":
+        raise ConfigError(f"teacher {name!r} is a {pipe.family.name} model; accepted: a masked "
+                          "(MaskGIT-sampled) model")
     return pipe
 
 

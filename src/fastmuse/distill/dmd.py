@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..sampling.maskgit import random
+from ..sampling.noise import random
 from ..sampling.trigflow import SIGMA_D, Velocity, add_noise, denoise, flow_loss, sample_time
 
 

@@ -35,9 +35,9 @@ from ..fsutil import atomic_write_bytes
 from ..models import DiT
 from ..models.dit import token_latents
 from ..pipeline import Pipeline, SamplerDefaults
-from ..sampling.maskgit import random
+from ..sampling.noise import random
 from ..sampling.trigflow import denoise, few_step_sample, ode_sample, student_times
-from ..train.masked import step_generator, update_ema
+from ..train.run import step_generator, update_ema
 from .common import (
     DistillConfig,
     due,

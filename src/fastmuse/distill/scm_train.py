@@ -31,7 +31,7 @@ from ..models import DiT
 from ..models.dit import token_latents
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.trigflow import add_noise, sample_time, velocity_target
-from ..train.masked import step_generator, update_ema
+from ..train.run import step_generator, update_ema
 from .common import (
     DistillConfig,
     due,

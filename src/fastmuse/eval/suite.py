@@ -8,7 +8,7 @@ Suites:
   speed   seconds per image at several batch sizes, network evaluations, peak RSS
   tokenizer  the model's VQ tokenizer alone: PSNR, SSIM, codebook usage and code perplexity of
           round trips of the held-out emoji renders and the shapes suite's ground-truth scenes,
-          and token consistency (modal-code share of flat images, tokenizer/evaluate.py)
+          and token consistency (modal-code share of flat images, eval/tokenizer.py)
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def eval_speed(pipe: Pipeline, s: EvalSettings) -> dict:
 
 def eval_tokenizer(pipe: Pipeline) -> tuple[dict, object]:
     from ..data.images import to_tensor
-    from ..tokenizer.evaluate import evaluate_recon, flat_consistency, recon_grid
+    from ..eval.tokenizer import evaluate_recon, flat_consistency, recon_grid
 
     res = pipe.resolution
     sets = {"emoji_val": [emoji.render(e, res) for e in emoji.catalogue() if e.split == "val"],

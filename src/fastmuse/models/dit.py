@@ -29,7 +29,8 @@ from ..config import Config, check_range, check_size
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
-from .transformer import Block, TextContext, init_adaln_zero, modulate, sinusoid, text_context
+from .layers import modulate, sinusoid
+from .transformer import Block, TextContext, init_adaln_zero, text_context
 
 if TYPE_CHECKING:
     from ..sampling.trigflow import Velocity

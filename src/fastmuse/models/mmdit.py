@@ -57,9 +57,9 @@ from ..config import check_size
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
+from .layers import ReferenceConfig, Resample, TwoLayerMLP, sinusoid
 from .rope import apply_rope, grid_ids, rope_table
 from .transformer import TextContext
-from .uvit import ReferenceConfig, Resample, TwoLayerMLP, sinusoid
 
 
 @dataclass

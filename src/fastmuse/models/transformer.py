@@ -27,7 +27,6 @@ is a learned "unknown").
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +37,7 @@ from ..config import Config, check_range, check_size
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
+from .layers import modulate, sinusoid
 from .rope import apply_rope, grid_ids, rope_table
 
 MICRO_CONDS = ("orig_size", "crop_top", "crop_left", "score")  # what data/tokens.py records
@@ -158,19 +158,6 @@ class TextContext:
                            [(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in self.kv],
                            self.mask.repeat_interleave(n, 0),
                            None if self.grid is None else self.grid.repeat_interleave(n, 0))
-
-
-def sinusoid(values: torch.Tensor, dim: int) -> torch.Tensor:
-    """values [N] -> [N, dim]: cos then sin at frequencies 10000^(-i / (dim/2))."""
-    half = dim // 2
-    steps = torch.arange(half, dtype=torch.float32, device=values.device)
-    freqs = torch.exp(-math.log(10000.0) * steps / half)
-    angles = values.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
 class KVCache:

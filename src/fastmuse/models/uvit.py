@@ -25,33 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, check_size
+from ..config import check_size
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
-from .transformer import TextContext, sinusoid
-
-
-class ReferenceConfig(Config):
-    """What the public models' configs (aMUSEd, Meissonic) share: a `sample_size` x `sample_size`
-    token grid and a vocabulary whose last id is MASK. Subclasses define those fields."""
-
-    sample_size: int
-    vocab_size: int
-    codebook_size: int
-
-    def check_vocab(self) -> None:
-        if self.vocab_size <= self.codebook_size:
-            raise ConfigError(f"'vocab_size' is {self.vocab_size}; accepted: > codebook_size "
-                              f"({self.codebook_size}), the last id being MASK")
-
-    @property
-    def grid(self) -> int:
-        return self.sample_size
-
-    @property
-    def mask_id(self) -> int:
-        return self.vocab_size - 1
+from .layers import ReferenceConfig, Resample, TwoLayerMLP, sinusoid
+from .transformer import TextContext
 
 
 @dataclass
@@ -149,18 +128,6 @@ class Attention(nn.Module):
         k, v = self.text_kv(x) if kv is None else kv
         a = F.scaled_dot_product_attention(_heads(self.to_q(x), self.heads), k, v, attn_mask=mask)
         return self.to_out[0](a.transpose(1, 2).reshape(b, n, d))
-
-
-class TwoLayerMLP(nn.Module):
-    """Linear, SiLU, Linear (diffusers' TimestepEmbedding / PixArtAlphaTextProjection names)."""
-
-    def __init__(self, dim_in: int, dim: int, bias: bool = True) -> None:
-        super().__init__()
-        self.linear_1 = nn.Linear(dim_in, dim, bias=bias)
-        self.linear_2 = nn.Linear(dim, dim, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(x)))
 
 
 class AdaNorm(nn.Module):
@@ -265,21 +232,6 @@ class ConvAttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, kvs: list, mask: torch.Tensor) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x), kvs[0], mask)
         return x + self.attn2(self.norm2(x), kvs[1], mask)
-
-
-class Resample(nn.Module):
-    """RMSNorm (channels-last) then a 2x2 stride-2 conv (down) or transposed conv (up)."""
-
-    def __init__(self, ch: int, cfg: UViTConfig, up: bool) -> None:
-        super().__init__()
-        self.up = up
-        self.norm = nn.RMSNorm(ch, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
-        conv = nn.ConvTranspose2d if up else nn.Conv2d
-        self.conv = conv(ch, ch, kernel_size=2, stride=2, bias=cfg.use_bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return self.conv(x if self.up else F.pad(x, (0, 1, 0, 1)))  # the pad only matters for odd sides
 
 
 class UViTBlock(nn.Module):

@@ -14,7 +14,8 @@ from ..errors import ConfigError
 from ..models.autoregressive import ARTransformer
 from ..models.transformer import KVCache, TextContext
 from .control import check_cancelled
-from .maskgit import Generators, combine_guidance, guidance_context, gumbel
+from .maskgit import combine_guidance, guidance_context
+from .noise import Generators, gumbel
 
 
 def check_ar_args(guidance: float, temperature: float, top_k: int) -> None:

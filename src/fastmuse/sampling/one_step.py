@@ -20,7 +20,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.transformer import TextContext
-from .maskgit import Generators, guidance_context, guided_logits, gumbel, random
+from .maskgit import guidance_context, guided_logits
+from .noise import Generators, gumbel, random
 
 
 def check_one_step_args(guidance: float, temperature: float, init_mask_ratio: float,

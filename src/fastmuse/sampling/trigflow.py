@@ -21,7 +21,7 @@ import torch
 
 from ..errors import ConfigError
 from .control import check_cancelled
-from .maskgit import Generators, random
+from .noise import Generators, random
 
 SIGMA_D = 0.5
 T_MAX = math.pi / 2

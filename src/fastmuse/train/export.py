@@ -18,7 +18,6 @@ from ..pipeline import Pipeline, SamplerDefaults
 from ..text.encoders import load_text_encoder
 from ..tokenizer import VQTokenizer
 from .masked import (
-    SAMPLE_PROMPTS,
     TransformerTrainConfig,
     evaluate_diffusion,
     evaluate_masked,
@@ -27,6 +26,7 @@ from .masked import (
     val_groups,
 )
 from .plot import plot_curves
+from .run import SAMPLE_PROMPTS
 
 CARD_PROMPTS = SAMPLE_PROMPTS  # the prompts the run's sample grids showed
 

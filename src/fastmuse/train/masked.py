@@ -23,14 +23,11 @@ downscaled to low_res_grid * downsampling px. `init_from` warm-starts from a tra
 from __future__ import annotations
 
 import copy
-import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..config import Config, check_choice, check_range
@@ -42,19 +39,17 @@ from ..models import TRANSFORMERS, DiT, DiTConfig, MMDiTConfig, Transformer, UVi
 from ..models.autoregressive import ARTransformer, ARTransformerConfig
 from ..models.dit import latent_scale, token_latents
 from ..models.transformer import MICRO_CONDS, MaskedTransformerConfig, low_res_grid, micro_names
-from ..sampling.autoregressive import ar_sample
-from ..sampling.maskgit import maskgit_sample, random
-from ..sampling.trigflow import flow_loss, ode_sample, sample_time
+from ..sampling.families import SamplerDefaults, SamplingRun, family_for
+from ..sampling.noise import random
 from ..text.cache import EmbeddingCache
 from .distributed import make_accelerator
 from .log import JsonlLogger
+from .losses import diffusion_loss, loss_inputs, masked_loss, training_loss
+from .run import SAMPLE_PROMPTS, step_generator, update_ema, weights_checksum
 from .sampler import StepBatchSampler
 from .schedule import lr_at
 from .state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
 from .warm_start import warm_start
-
-SAMPLE_PROMPTS = ("red heart", "smiling face with sunglasses", "pizza", "a blue circle",
-                  "two yellow stars", "a red square left of a green triangle", "rocket", "cat face")
 
 
 @dataclass
@@ -124,35 +119,6 @@ class TransformerTrainConfig(Config):
                               f"entry of 'data' ({len(self.data)})")
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """Masks and caption choices of a (micro-)step: a function of (seed, step, rank) only,
-    so resuming needs no generator state and ranks draw different masks."""
-    digest = hashlib.blake2b(f"{seed}/{step}/{rank}".encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, done: int) -> None:
-    """EMA with warm-up: early on (`done` updates) the average follows the weights."""
-    d = min(decay, (1 + done) / (10 + done))
-    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-        pe.lerp_(pm.detach(), 1 - d)
-
-
-def random_mask(tokens: torch.Tensor, mask_id: int,
-                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask cos(pi/2 * r), r ~ U(0,1), of each grid's tokens (at least one).
-    Returns (masked tokens, bool mask of the positions to predict)."""
-    b = tokens.shape[0]
-    flat = tokens.reshape(b, -1)
-    n = flat.shape[1]
-    ratio = torch.cos(math.pi / 2 * random((b,), gen, tokens.device))
-    count = (ratio * n).ceil().clamp(1, n).long()
-    ranks = random((b, n), gen, tokens.device).argsort(1).argsort(1)
-    mask = ranks < count.unsqueeze(1)
-    return torch.where(mask, mask_id, flat).view_as(tokens), mask.view_as(tokens)
-
-
 def pick_captions(split: TokenSplit, idx: list[int], cfg: TransformerTrainConfig, empty_row: int,
                   gen: torch.Generator) -> torch.Tensor:
     """Main caption, an alternative with alt_caption_prob, "" with caption_dropout."""
@@ -183,52 +149,6 @@ def batch_conditions(mcfg, split: TokenSplit, low: TokenSplit | None, idx: list[
     if low_res_grid(mcfg):
         cond["low_res"] = low.tokens[idx]
     return cond
-
-
-def masked_loss(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor, inputs: torch.Tensor,
-                text, label_smoothing: float = 0.0, weighting: str = "token",
-                **cond) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy and accuracy on the masked positions only (`cond`: micro / low_res;
-    `weighting`: see TransformerTrainConfig.loss_weighting)."""
-    logits = model(inputs, text, **cond)[mask].float()
-    target = tokens[mask]
-    ce = F.cross_entropy(logits, target, label_smoothing=label_smoothing, reduction="none")
-    if weighting == "image":  # each grid's masked tokens share one unit of weight
-        per_grid = mask.flatten(1).sum(1)
-        ce = ce / per_grid.repeat_interleave(per_grid).to(ce.dtype) * (len(ce) / len(per_grid))
-    return ce.mean(), (logits.argmax(-1) == target).float().mean()
-
-
-def loss_inputs(tokens: torch.Tensor, mcfg: MaskedTransformerConfig,
-                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(what the model reads, where the loss is taken). Masked model: a random cosine-schedule
-    mask. Autoregressive model: the tokens themselves (its forward shifts them), every position."""
-    if isinstance(mcfg, ARTransformerConfig):
-        return tokens, torch.ones_like(tokens, dtype=torch.bool)
-    return random_mask(tokens, mcfg.mask_id, gen)
-
-
-def diffusion_loss(model: torch.nn.Module, sigma_d: float, x0: torch.Tensor, text,
-                   gen: torch.Generator) -> torch.Tensor:
-    """The DiT's flow loss on data x0 at sCM's times. Calls the module itself (not .velocity)
-    so a DDP wrapper sees the forward."""
-    t = sample_time(len(x0), sigma_d=sigma_d, generator=gen).to(x0.device)
-    z = sigma_d * random(x0.shape, gen, x0.device, normal=True)
-    return flow_loss(lambda x, tt: sigma_d * model(x / sigma_d, tt, text).float(), x0, t, z)
-
-
-def training_loss(model: torch.nn.Module, mcfg, x: torch.Tensor, text, gen: torch.Generator,
-                  label_smoothing: float, device, weighting: str = "token",
-                  **cond) -> tuple[torch.Tensor, dict[str, float]]:
-    """One batch's loss and what to log with it, for whichever family `mcfg` describes
-    (x: token ids, or for a DiT their latents; `cond`: micro / low_res of a masked model)."""
-    if isinstance(mcfg, DiTConfig):
-        loss = diffusion_loss(model, mcfg.sigma_d, x.to(device), text, gen)
-        return loss, {"loss": loss.item()}
-    inputs, mask = loss_inputs(x, mcfg, gen)
-    loss, accuracy = masked_loss(model, x.to(device), mask.to(device), inputs.to(device), text,
-                                 label_smoothing, weighting, **cond)
-    return loss, {"loss": loss.item(), "acc": accuracy.item()}
 
 
 @torch.no_grad()
@@ -305,20 +225,13 @@ def sample_grid(model: Transformer, tokenizer, encoder, prompts: tuple[str, ...]
         cond = model.prepare_text(text)
         uncond = model.prepare_text(encoder.encode([""] * len(prompts)))
     gen = torch.Generator().manual_seed(seed)
-    if isinstance(model, DiT):
-        c = model.config
-        z = c.sigma_d * random((len(prompts), c.channels, c.grid, c.grid), gen, device, normal=True)
-        x = ode_sample(model.guided(cond, uncond, guidance), z, steps)
-        images = tokenizer.decode_latents(x / c.latent_scale).clamp(-1, 1)
-        return make_grid([to_pil(im) for im in images], ncols=min(len(prompts), 8), captions=list(prompts))
-    if isinstance(model, ARTransformer):
-        tokens = ar_sample(model, cond, uncond, guidance=guidance, generator=gen)
-    else:
-        g = model.config.grid
-        init = torch.full((len(prompts), g, g), model.mask_id, device=device)
-        tokens = maskgit_sample(model, init, cond, uncond, steps=steps, guidance=guidance, generator=gen)
-    images = tokenizer.decode(tokens).clamp(-1, 1)
-    return make_grid([to_pil(im) for im in images], ncols=min(len(prompts), 8), captions=list(prompts))
+    defaults = SamplerDefaults(steps=steps, guidance=guidance)
+    family = family_for(model, defaults)
+    opts = family.check(defaults, steps, guidance, family.options(defaults))
+    run = SamplingRun(family, model, cond, uncond, steps, guidance, opts, gen)
+    images = family.decode(tokenizer, model, run.fill(family.start(model, len(prompts), gen, device)))
+    return make_grid([to_pil(im) for im in images.clamp(-1, 1)], ncols=min(len(prompts), 8),
+                     captions=list(prompts))
 
 
 def source_ranges(counts: list[int]) -> list[range]:
@@ -338,7 +251,7 @@ def val_groups(data: TokenData) -> dict[str, range]:
 def shapes_curve_point(model: Transformer, tokenizer, encoder, cfg: TransformerTrainConfig) -> dict:
     """Shapes-suite accuracy of `model` on cfg.eval_shapes, as metrics.jsonl keys shapes_*."""
     from ..eval.suite import EvalSettings, shapes_accuracy
-    from ..pipeline import Pipeline, SamplerDefaults
+    from ..pipeline import Pipeline
 
     pipe = Pipeline(model, tokenizer, encoder, SamplerDefaults(steps=cfg.sample_steps,
                                                                guidance=cfg.sample_guidance))
@@ -512,11 +425,3 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
         ema.save_pretrained(out / "transformer")
     acc.wait_for_everyone()
     return out / "transformer"
-
-
-def weights_checksum(model: torch.nn.Module) -> int:
-    """A 63-bit hash of every parameter's bytes (equal iff the weights are bit-identical)."""
-    h = hashlib.sha256()
-    for p in model.parameters():
-        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return int.from_bytes(h.digest()[:8], "little") >> 1

@@ -12,8 +12,8 @@ from PIL import Image
 from ..data.folder import ImageFolder
 from ..data.images import load_rgb, make_grid, resize_crop, spread, to_pil, to_tensor
 from ..errors import DataError
-from ..eval.image_metrics import psnr, ssim
-from .model import VQTokenizer
+from ..tokenizer.model import VQTokenizer
+from .image_metrics import psnr, ssim
 
 
 @torch.no_grad()

@@ -20,14 +20,14 @@ from ..config import Config, check_range
 from ..data.folder import ImageFolder
 from ..errors import ConfigError
 from ..eval.image_metrics import psnr
-from ..train.distributed import make_accelerator
-from ..train.log import JsonlLogger
-from ..train.sampler import StepBatchSampler
-from ..train.schedule import lr_at
-from ..train.state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
-from .evaluate import evaluate_recon, load_val_images, recon_grid
-from .losses import PatchDiscriminator, discriminator_hinge, generator_hinge, reconstruction_loss
-from .model import VQConfig, VQTokenizer
+from ..eval.tokenizer import evaluate_recon, load_val_images, recon_grid
+from ..tokenizer.model import VQConfig, VQTokenizer
+from .distributed import make_accelerator
+from .log import JsonlLogger
+from .sampler import StepBatchSampler
+from .schedule import lr_at
+from .state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
+from .tokenizer_losses import PatchDiscriminator, discriminator_hinge, generator_hinge, reconstruction_loss
 
 
 @dataclass
