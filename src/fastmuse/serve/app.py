@@ -23,12 +23,13 @@ import hmac
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -356,9 +357,163 @@ async def _json(request: Request) -> dict[str, Any]:
     return body
 
 
+# -- what each editing request asks for: parsed and checked before it is queued ----------------
+def inpaint_call(srv: Server, f: dict[str, Any]) -> Callable[[], Any]:
+    image = srv.image(f.get("image"), "image")
+    mask = srv.image(f["mask"], "mask") if f.get("mask") is not None else None
+    prompt = srv.prompt(f.get("prompt"))
+    c = srv.common(f, size_of=image.size)
+    srv.canvas(image.size, image.size)
+    edit = _edit_mask(image, mask)
+    return lambda: srv.pipe.inpaint(image.convert("RGB"), prompt, edit, **c)
+
+
+def outpaint_call(srv: Server, f: dict[str, Any]) -> Callable[[], Any]:
+    image = srv.image(f.get("image"), "image")
+    prompt = srv.prompt(f.get("prompt"))
+    pads = {k: _int(f.get(k, 0), k, 0, 512) for k in ("left", "right", "top", "bottom")}
+    if not any(pads.values()):
+        raise ApiError(400, "left, right, top and bottom are all 0; accepted: pixels to add on at least one "
+                       "side", "left")
+    size = (image.size[0] + pads["left"] + pads["right"], image.size[1] + pads["top"] + pads["bottom"])
+    if size[0] * size[1] > srv.s.max_image_pixels:
+        raise ApiError(413, f"the outpainted canvas would be {size[0]}x{size[1]}; accepted: at most "
+                       f"{srv.s.max_image_pixels} pixels", "left")
+    c = srv.common(f, size_of=size)
+    srv.canvas(size, image.size)
+    return lambda: srv.pipe.outpaint(image, prompt, **pads, **c)
+
+
+def edit_call(srv: Server, f: dict[str, Any]) -> Callable[[], Any]:
+    image = srv.image(f.get("image"), "image")
+    prompt = srv.prompt(f.get("prompt"))
+    strength = _float(f.get("strength", 0.3), "strength", 0.01, 1.0)
+    iterations = _int(f.get("iterations", 4), "iterations", 1, 16)
+    c = srv.common(f, size_of=image.size)
+    srv.canvas(image.size, image.size)
+    return lambda: srv.pipe.edit(image, prompt, strength=strength, iterations=iterations, **c)
+
+
+# -- routes ------------------------------------------------------------------------------------
+def server(request: Request) -> Server:
+    """Every route's dependency: the app's state."""
+    return request.app.state.server
+
+
+State = Annotated[Server, Depends(server)]
+router = APIRouter()
+IMAGE_ENDPOINTS = ("/v1/images/generations", "/v1/images/edits", "/v1/fastmuse/outpaint", "/v1/fastmuse/edit")
+OPEN_PATHS = ("/", "/healthz")  # no API key needed
+
+
+def editing_job(call: Callable[[], Any]) -> Job:
+    return Job(asyncio.get_running_loop().create_future(), call=call)
+
+
+@router.post("/v1/images/generations")
+async def generations(request: Request, srv: State) -> dict:
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("application/json"):
+        raise ApiError(415, f"Content-Type is {ctype or 'missing'!r}; accepted: application/json",
+                       "Content-Type")
+    body = await _json(request)
+    prompt = srv.prompt(body.get("prompt"))
+    c = srv.common(body)
+    key = (c.get("steps"), c.get("guidance"), ())
+    job = Job(asyncio.get_running_loop().create_future(), key, prompt, c["n"], c["seed"])
+    return srv.respond(await srv.run(request, job))
+
+
+@router.post("/v1/images/edits")
+async def edits(request: Request, srv: State) -> dict:
+    call = inpaint_call(srv, await _fields(request))
+    return srv.respond((await srv.run(request, editing_job(call))).images)
+
+
+@router.post("/v1/fastmuse/outpaint")
+async def outpaint(request: Request, srv: State) -> dict:
+    call = outpaint_call(srv, await _fields(request))
+    return srv.respond((await srv.run(request, editing_job(call))).images)
+
+
+@router.post("/v1/fastmuse/edit")
+async def mask_free_edit(request: Request, srv: State) -> dict:
+    call = edit_call(srv, await _fields(request))
+    return srv.respond((await srv.run(request, editing_job(call))).images)
+
+
+@router.get("/v1/models")
+async def models(srv: State) -> dict:
+    return {"object": "list",
+            "data": [{"id": srv.s.model_name, "object": "model", "created": 0, "owned_by": "fastmuse"}]}
+
+
+@router.get("/healthz")
+async def healthz(srv: State) -> dict:
+    return {"status": "ok", "model": srv.s.model_name, "size": srv.size, "queue_depth": srv.batcher.depth}
+
+
+@router.get("/metrics")
+async def metrics(srv: State) -> Response:
+    srv.metrics.queue.set(srv.batcher.depth)
+    return Response(generate_latest(srv.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def ui(srv: State) -> str:
+    page = files("fastmuse.serve").joinpath("ui.html").read_text(encoding="utf-8")
+    return page.replace("{{MODEL}}", srv.s.model_name).replace("{{SIZE}}", srv.size)
+
+
+# -- every request: API key, declared size, metrics; errors as OpenAI-shaped JSON ---------------
+async def guard(request: Request, call_next):
+    srv: Server = request.app.state.server
+    s, endpoint, t0 = srv.s, request.url.path, time.monotonic()
+    try:
+        if s.api_key and endpoint not in OPEN_PATHS:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {s.api_key}".encode()):
+                raise ApiError(401, "missing or wrong API key; accepted: Authorization: Bearer <key>",
+                               "Authorization", kind="authentication_error")
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > s.max_body_bytes):
+            raise ApiError(413, f"Content-Length is {length}; accepted: at most {s.max_body_bytes} bytes",
+                           "Content-Length")
+        response = await call_next(request)
+    except ApiError as e:
+        response = error_response(e)
+    if endpoint in IMAGE_ENDPOINTS:
+        srv.metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        srv.metrics.latency.labels(endpoint).observe(time.monotonic() - t0)
+    return response
+
+
+async def api_error(request: Request, e: ApiError) -> JSONResponse:
+    return error_response(e)
+
+
+async def body_too_large(request: Request, e: BodyTooLarge) -> JSONResponse:
+    limit = request.app.state.server.s.max_body_bytes
+    return error_response(ApiError(413, f"the body has more than {limit} bytes; accepted: at most {limit}",
+                                   "body"))
+
+
+async def internal(request: Request, e: Exception) -> JSONResponse:
+    # the traceback goes to the server's log (Starlette re-raises to uvicorn), not to the client
+    return error_response(ApiError(500, "internal error; the server log has the details",
+                                   kind="server_error"))
+
+
+async def not_found(request: Request, e: Exception) -> JSONResponse:
+    return error_response(ApiError(404, f"no endpoint {request.url.path}; see /docs", "path"))
+
+
+async def bad_method(request: Request, e: Exception) -> JSONResponse:
+    return error_response(ApiError(405, f"{request.method} is not accepted on {request.url.path}", "method"))
+
+
 def create_app(pipe: Pipeline, settings: ServeSettings | None = None) -> FastAPI:
-    s = settings or ServeSettings()
-    srv = Server(pipe, s)
+    srv = Server(pipe, settings or ServeSettings())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -367,157 +522,10 @@ def create_app(pipe: Pipeline, settings: ServeSettings | None = None) -> FastAPI
 
     app = FastAPI(title="fastmuse", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.state.server = srv
-    app.add_middleware(BodyLimit, limit=s.max_body_bytes)
-    open_paths = {"/", "/healthz"}
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        endpoint, t0 = request.url.path, time.monotonic()
-        try:
-            if s.api_key and endpoint not in open_paths:
-                given = request.headers.get("authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {s.api_key}".encode()):
-                    raise ApiError(
-                        401,
-                        "missing or wrong API key; accepted: Authorization: Bearer <key>",
-                        "Authorization",
-                        kind="authentication_error",
-                    )
-            length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > s.max_body_bytes):
-                raise ApiError(
-                    413,
-                    f"Content-Length is {length}; accepted: at most {s.max_body_bytes} bytes",
-                    "Content-Length",
-                )
-            response = await call_next(request)
-        except ApiError as e:
-            response = error_response(e)
-        if endpoint in (
-            "/v1/images/generations",
-            "/v1/images/edits",
-            "/v1/fastmuse/outpaint",
-            "/v1/fastmuse/edit",
-        ):
-            srv.metrics.requests.labels(endpoint, str(response.status_code)).inc()
-            srv.metrics.latency.labels(endpoint).observe(time.monotonic() - t0)
-        return response
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, e: ApiError) -> JSONResponse:
-        return error_response(e)
-
-    @app.exception_handler(BodyTooLarge)
-    async def body_too_large(request: Request, e: BodyTooLarge) -> JSONResponse:
-        return error_response(ApiError(413, f"the body has more than {s.max_body_bytes} bytes; accepted: "
-                                            f"at most {s.max_body_bytes}", "body"))
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, e: Exception) -> JSONResponse:
-        # the traceback goes to the server's log (Starlette re-raises to uvicorn), not to the client
-        return error_response(ApiError(500, "internal error; the server log has the details",
-                                       kind="server_error"))
-
-    @app.exception_handler(404)
-    async def not_found(request: Request, e: Exception) -> JSONResponse:
-        return error_response(ApiError(404, f"no endpoint {request.url.path}; see /docs", "path"))
-
-    @app.exception_handler(405)
-    async def bad_method(request: Request, e: Exception) -> JSONResponse:
-        return error_response(
-            ApiError(405, f"{request.method} is not accepted on {request.url.path}", "method")
-        )
-
-    @app.post("/v1/images/generations")
-    async def generations(request: Request) -> dict:
-        ctype = request.headers.get("content-type", "")
-        if not ctype.startswith("application/json"):
-            raise ApiError(
-                415, f"Content-Type is {ctype or 'missing'!r}; accepted: application/json", "Content-Type"
-            )
-        body = await _json(request)
-        prompt = srv.prompt(body.get("prompt"))
-        c = srv.common(body)
-        key = (c.get("steps"), c.get("guidance"), ())
-        job = Job(asyncio.get_running_loop().create_future(), key, prompt, c["n"], c["seed"])
-        return srv.respond(await srv.run(request, job))
-
-    def editing_job(call) -> Job:
-        return Job(asyncio.get_running_loop().create_future(), call=call)
-
-    @app.post("/v1/images/edits")
-    async def edits(request: Request) -> dict:
-        f = await _fields(request)
-        image = srv.image(f.get("image"), "image")
-        mask = srv.image(f["mask"], "mask") if f.get("mask") is not None else None
-        prompt = srv.prompt(f.get("prompt"))
-        c = srv.common(f, size_of=image.size)
-        srv.canvas(image.size, image.size)
-        edit = _edit_mask(image, mask)
-        result = await srv.run(
-            request, editing_job(lambda: pipe.inpaint(image.convert("RGB"), prompt, edit, **c))
-        )
-        return srv.respond(result.images)
-
-    @app.post("/v1/fastmuse/outpaint")
-    async def outpaint(request: Request) -> dict:
-        f = await _fields(request)
-        image = srv.image(f.get("image"), "image")
-        prompt = srv.prompt(f.get("prompt"))
-        pads = {k: _int(f.get(k, 0), k, 0, 512) for k in ("left", "right", "top", "bottom")}
-        if not any(pads.values()):
-            raise ApiError(
-                400,
-                "left, right, top and bottom are all 0; accepted: pixels to add on at least one side",
-                "left",
-            )
-        size = (image.size[0] + pads["left"] + pads["right"], image.size[1] + pads["top"] + pads["bottom"])
-        if size[0] * size[1] > s.max_image_pixels:
-            raise ApiError(
-                413,
-                f"the outpainted canvas would be {size[0]}x{size[1]}; accepted: at most "
-                f"{s.max_image_pixels} pixels",
-                "left",
-            )
-        c = srv.common(f, size_of=size)
-        srv.canvas(size, image.size)
-        result = await srv.run(request, editing_job(lambda: pipe.outpaint(image, prompt, **pads, **c)))
-        return srv.respond(result.images)
-
-    @app.post("/v1/fastmuse/edit")
-    async def mask_free_edit(request: Request) -> dict:
-        f = await _fields(request)
-        image = srv.image(f.get("image"), "image")
-        prompt = srv.prompt(f.get("prompt"))
-        strength = _float(f.get("strength", 0.3), "strength", 0.01, 1.0)
-        iterations = _int(f.get("iterations", 4), "iterations", 1, 16)
-        c = srv.common(f, size_of=image.size)
-        srv.canvas(image.size, image.size)
-        result = await srv.run(
-            request,
-            editing_job(lambda: pipe.edit(image, prompt, strength=strength, iterations=iterations, **c)),
-        )
-        return srv.respond(result.images)
-
-    @app.get("/v1/models")
-    async def models() -> dict:
-        return {
-            "object": "list",
-            "data": [{"id": s.model_name, "object": "model", "created": 0, "owned_by": "fastmuse"}],
-        }
-
-    @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok", "model": s.model_name, "size": srv.size, "queue_depth": srv.batcher.depth}
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        srv.metrics.queue.set(srv.batcher.depth)
-        return Response(generate_latest(srv.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/", response_class=HTMLResponse)
-    async def ui() -> str:
-        page = files("fastmuse.serve").joinpath("ui.html").read_text(encoding="utf-8")
-        return page.replace("{{MODEL}}", s.model_name).replace("{{SIZE}}", srv.size)
-
+    app.add_middleware(BodyLimit, limit=srv.s.max_body_bytes)
+    app.middleware("http")(guard)
+    for error, handler in ((ApiError, api_error), (BodyTooLarge, body_too_large), (Exception, internal),
+                           (404, not_found), (405, bad_method)):
+        app.add_exception_handler(error, handler)
+    app.include_router(router)
     return app
