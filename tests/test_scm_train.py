@@ -81,3 +81,15 @@ def test_sct_cli_guard_and_bad_input(parts, teacher, tmp_path, capsys, monkeypat
         distill_scm(scm_cfg(parts, teacher, max_bad_steps=2, log_every=10), tmp_path / "nan")
     logs = [json.loads(x) for x in (tmp_path / "nan/metrics.jsonl").read_text().splitlines()]
     assert [r["skipped"] for r in logs] == [1] and logs[0]["step"] == 2
+
+
+def test_a_run_creates_nothing_off_the_model_device(parts, teacher, tmp_path):  # noqa: F811
+    """sCD under torch's default device "meta" (setup on the CPU by name, the adaptive weight
+    initialised on the CPU): the same student as a plain run."""
+    from test_device import default_device_meta
+
+    cfg = scm_cfg(parts, teacher, steps=2)
+    want = distill_scm(cfg, tmp_path / "plain", device="cpu")
+    with default_device_meta():
+        got = distill_scm(cfg, tmp_path / "meta", device="cpu")
+    assert (got / "model.safetensors").read_bytes() == (want / "model.safetensors").read_bytes()

@@ -131,3 +131,16 @@ def test_shipped_tokenizer_configs_load(name):
     cfg = TokenizerTrainConfig.load(Path(__file__).parent.parent / "configs" / f"{name}.json")
     assert cfg.model.padding == ("replicate" if name == "tokenizer-v2" else "zeros")
     assert cfg.init_from == ("tokenizer-f8" if name == "tokenizer-v2" else "")
+
+
+def test_a_run_creates_nothing_off_the_model_device(data, tmp_path):
+    """The tokenizer trainer (setup on the CPU, by name; crops and code restarts drawn on the
+    CPU) runs its steps, GAN phase, restarts, eval and checkpoint under torch's default device
+    "meta", and trains the same weights as without it."""
+    from test_device import default_device_meta
+
+    cfg = cfg_for(data)
+    want = train_tokenizer(cfg, tmp_path / "plain")
+    with default_device_meta():
+        got = train_tokenizer(cfg, tmp_path / "meta")
+    assert (got / "model.safetensors").read_bytes() == (want / "model.safetensors").read_bytes()

@@ -20,8 +20,8 @@ def run(a: argparse.Namespace, module: str, config: str, function: str, names: t
     cfg = cls.load(a.config) if a.config else cls()
     overrides = {k: getattr(a, k) for k in ("teacher", "steps", "batch_size", *names)
                  if getattr(a, k) is not None}
-    where = {"device": a.device} if hasattr(a, "device") else {}  # the methods that run on a GPU so far
-    print(f"wrote {getattr(mod, function)(cfg.replace(**overrides), a.out, resume=a.resume, **where)}")
+    student = getattr(mod, function)(cfg.replace(**overrides), a.out, resume=a.resume, device=a.device)
+    print(f"wrote {student}")
 
 
 def add_run_args(d: argparse.ArgumentParser, teacher: str, config: str, steps: str) -> None:
@@ -31,6 +31,7 @@ def add_run_args(d: argparse.ArgumentParser, teacher: str, config: str, steps: s
     d.add_argument("--steps", type=positive("--steps"), default=None, help=f"{steps} (override)")
     d.add_argument("--batch-size", type=positive("--batch-size"), default=None, help="override")
     d.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    add_device_arg(d)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "Prompts are the captions of the config's data. " + RUN_FILES)
     add_run_args(d, "default: the config's, muse-128; an aMUSEd/Meissonic folder must be converted first "
                  "(fastmuse convert)", "DiMOConfig", "student updates")
-    add_device_arg(d)
     d.set_defaults(func=lambda a: run(a, "dimo_train", "DiMOConfig", "distill_dimo", ()))
 
     d = dsub.add_parser(
@@ -54,7 +54,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "GAN head on the fake denoiser, backward simulation for multi-step students; DMD: "
                     "plus a regression loss on teacher ODE pairs). " + RUN_FILES)
     add_run_args(d, "a diffusion model; default: the config's, dit-128", "DMDConfig", "generator updates")
-    add_device_arg(d)
     d.add_argument("--method", choices=("dmd2", "dmd"), default=None, help="override the config's")
     d.add_argument("--student-steps", type=int, choices=(1, 2, 4), default=None,
                    help="sampling steps of the student (override)")

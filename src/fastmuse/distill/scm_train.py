@@ -27,9 +27,11 @@ from tqdm import tqdm
 from ..config import check_range
 from ..data.tokens import build_token_data
 from ..errors import ConfigError
+from ..fast import resolve_device
 from ..models import DiT
 from ..models.dit import token_latents
 from ..pipeline import Pipeline, SamplerDefaults
+from ..sampling.noise import random
 from ..sampling.trigflow import add_noise, sample_time, velocity_target
 from ..train.run import step_generator, update_ema
 from .common import (
@@ -82,22 +84,30 @@ def student_defaults(cfg: SCMConfig) -> SamplerDefaults:
                            times=consistency_times(2))
 
 
-def distill_scm(cfg: SCMConfig, out: str | Path, resume: bool = False, stop_at: int | None = None) -> Path:
-    """Run into folder `out`; returns the student model folder (out/student)."""
+def distill_scm(cfg: SCMConfig, out: str | Path, resume: bool = False, stop_at: int | None = None,
+                device: str | torch.device = "cpu") -> Path:
+    """Run into folder `out` on `device` (cpu, cuda, cuda:N, auto); returns the student model
+    folder (out/student). The data cache is built on the CPU; draws come from CPU generators
+    (the same run on any device)."""
     out = Path(out)
+    device = resolve_device(device)
     ckpt = resume_checkpoint(out, resume, cfg, ("teacher", "mode", "adaptive_weight"))
-    teacher = load_diffusion_teacher(cfg.teacher)
+    with torch.device("cpu"):  # setup on the CPU, by name; then the teacher moves
+        teacher = load_diffusion_teacher(cfg.teacher)
+        data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
+                                cfg.cache_dir, cfg.shapes_train, cfg.shapes_val,
+                                tokenizer_id=teacher.transformer.config.tokenizer)
+    teacher = teacher.to(device)
     tm = teacher.transformer.requires_grad_(False)
     s = tm.config.sigma_d
-    data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
-                            cfg.cache_dir, cfg.shapes_train, cfg.shapes_val, tokenizer_id=tm.config.tokenizer)
     main_caption = data.train.cap_rows[data.train.cap_offsets[:-1]]  # sample i's first caption
     g = teacher_guidance(cfg, teacher)
     settings = cfg.settings()
 
     torch.manual_seed(cfg.seed)
     student = copy.deepcopy(tm).train().requires_grad_(True)
-    weight = AdaptiveWeight()
+    with torch.device("cpu"):  # initialised on the CPU: the same weights on any device
+        weight = AdaptiveWeight().to(device)
     ema = copy.deepcopy(tm).eval()
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     opt_w = torch.optim.Adam(weight.parameters(), lr=cfg.weight_lr)
@@ -115,11 +125,11 @@ def distill_scm(cfg: SCMConfig, out: str | Path, resume: bool = False, stop_at: 
     for step in bar:
         gen = step_generator(cfg.seed, step, 0)
         set_lrs(step, cfg, {opt: cfg.lr, opt_w: cfg.weight_lr})
-        pick = torch.randint(len(data.train), (cfg.batch_size,), generator=gen)
-        text = data.captions.lookup(main_caption[pick])
-        x0 = token_latents(teacher.tokenizer, data.train.tokens[pick], tm.config.latent_scale)
-        z = s * torch.randn(x0.shape, generator=gen)
-        t = sample_time(len(x0), cfg.p_mean, cfg.p_std, s, generator=gen)
+        pick = torch.randint(len(data.train), (cfg.batch_size,), generator=gen, device="cpu")
+        text = data.captions.lookup(main_caption[pick]).to(device)
+        x0 = token_latents(teacher.tokenizer, data.train.tokens[pick].to(device), tm.config.latent_scale)
+        z = s * random(x0.shape, gen, device, normal=True)
+        t = sample_time(len(x0), cfg.p_mean, cfg.p_std, s, generator=gen).to(device)
         x_t = add_noise(x0, t, z)
         if cfg.mode == "scd":
             with torch.no_grad():

@@ -14,7 +14,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    t = torch.arange(size, dtype=torch.float64, device="cpu") - (size - 1) / 2
     g = torch.exp(-(t**2) / (2 * sigma**2))
     g = g / g.sum()
     return (g[:, None] * g[None, :]).float()

@@ -18,15 +18,16 @@ from .image_metrics import psnr, ssim
 
 @torch.no_grad()
 def evaluate_recon(model: VQTokenizer, images: torch.Tensor, batch_size: int = 16) -> dict[str, Any]:
-    """PSNR, SSIM and codebook usage of reconstructions of `images` (in eval mode).
-    Returns the metrics and the reconstructions under "recon"."""
+    """PSNR, SSIM and codebook usage of reconstructions of `images` (in eval mode; the model
+    may be on another device than the images). Returns the metrics and the reconstructions
+    under "recon"."""
     was_training = model.training
     model.eval()
-    recons, ids = [], []
+    recons, ids, device = [], [], next(model.parameters()).device
     for chunk in images.split(batch_size):
-        t = model.encode(chunk)
-        ids.append(t)
-        recons.append(model.decode(t).clamp(-1, 1))
+        t = model.encode(chunk.to(device))
+        ids.append(t.to(images.device))
+        recons.append(model.decode(t).clamp(-1, 1).to(images.device))
     model.train(was_training)
     recon = torch.cat(recons)
     grid = torch.cat(ids)  # [N, h, w]

@@ -104,7 +104,7 @@ class VectorQuantizer(nn.Module):
         flat = z.detach().permute(0, 2, 3, 1).reshape(-1, self.dim).float()
         if self.l2_normalize:
             flat = F.normalize(flat, dim=-1)
-        pick = torch.randint(0, flat.shape[0], (dead.numel(),), generator=generator)
+        pick = torch.randint(0, flat.shape[0], (dead.numel(),), generator=generator, device="cpu")
         new = flat[pick.to(flat.device)]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.broadcast(new, src=0)

@@ -93,7 +93,7 @@ def random_crops(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tens
     b, _, h, w = x.shape
     if size == h == w:
         return x
-    offsets = torch.randint(0, min(h, w) - size + 1, (b, 2), generator=gen).tolist()
+    offsets = torch.randint(0, min(h, w) - size + 1, (b, 2), generator=gen, device="cpu").tolist()
     return torch.stack([x[i, :, oy:oy + size, ox:ox + size] for i, (oy, ox) in enumerate(offsets)])
 
 
@@ -126,23 +126,25 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out: str | Path, resume: bool = F
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # crops and code restarts
 
-    model = VQTokenizer(cfg.model).train()
-    if cfg.init_from and ckpt is None:
-        acc.print(warm_start_tokenizer(model, cfg.init_from))
-    disc = PatchDiscriminator() if cfg.gan_weight > 0 else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    modules: dict[str, torch.nn.Module] = {"model": model}
-    optimizers: dict[str, torch.optim.Optimizer] = {"model": opt}
-    if disc is not None:
-        dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9))
-        modules["disc"], optimizers["disc"] = disc, dopt
-
-    start = 0
-    if ckpt is not None:
-        start = load_training(ckpt, modules, optimizers, {"data": gen},
-                              {"code_usage": model.quantize.usage})["step"]
-        acc.print(f"resuming from {ckpt} (step {start})")
+    # Setup on the CPU, named: the same initial weights on any device (Accelerate moves the
+    # models); the steps then create nothing without naming a device (tests/test_device.py).
+    with torch.device("cpu"):
+        model = VQTokenizer(cfg.model).train()
+        if cfg.init_from and ckpt is None:
+            acc.print(warm_start_tokenizer(model, cfg.init_from))
+        disc = PatchDiscriminator() if cfg.gan_weight > 0 else None
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        modules: dict[str, torch.nn.Module] = {"model": model}
+        optimizers: dict[str, torch.optim.Optimizer] = {"model": opt}
+        if disc is not None:
+            dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9))
+            modules["disc"], optimizers["disc"] = disc, dopt
+        start = 0
+        if ckpt is not None:
+            start = load_training(ckpt, modules, optimizers, {"data": gen},
+                                  {"code_usage": model.quantize.usage})["step"]
+            acc.print(f"resuming from {ckpt} (step {start})")
     (out / "samples").mkdir(parents=True, exist_ok=True)
     if acc.is_main_process:
         cfg.save(out / "config.json")
@@ -156,8 +158,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out: str | Path, resume: bool = F
         [ImageFolder(d, cfg.resolution, split="train") for d in cfg.data])
     sampler = StepBatchSampler(len(train_ds), cfg.batch_size, cfg.seed, start * cfg.grad_accum,
                                acc.process_index, acc.num_processes)
-    batches = iter(torch.utils.data.DataLoader(train_ds, batch_sampler=sampler,
-                                               num_workers=cfg.num_workers))
+    with torch.device("cpu"):  # its base seed: a draw of the global CPU generator
+        batches = iter(torch.utils.data.DataLoader(train_ds, batch_sampler=sampler,
+                                                   num_workers=cfg.num_workers))
     val_images = load_val_images(cfg.val_data, cfg.resolution, cfg.num_val)
     logger = JsonlLogger(out / "metrics.jsonl", resume_step=start if resume else None)
 
