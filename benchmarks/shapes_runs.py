@@ -47,7 +47,8 @@ def main() -> None:
     ap.add_argument("--world", nargs="+", type=int, default=[EVAL_WORLD],
                     help=f"shapes world seeds to draw the prompts from (default {EVAL_WORLD}: shapes-v1)")
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
-                    help="sampler defaults to override, e.g. noise=0 temperature=0.5 (numbers)")
+                    help="sampler defaults to override, e.g. noise=0 temperature=0.5 guidance_interval=0,0.5 "
+                         "(numbers; comma-separated for lists)")
     ap.add_argument("--out", default=None, help="also write the markdown table here")
     ap.add_argument("--curves", default=None, help="write the runs' logged shapes accuracy curves here")
     a = ap.parse_args()
@@ -57,7 +58,8 @@ def main() -> None:
                    for k in ("shapes_overall",) if k in r]
         keys = [f"{run.name} shapes_overall" for run in a.runs]
         plot_curves(records, keys, title="shapes accuracy (logged during training) by step").save(a.curves)
-    overrides = {k: float(v) for k, v in (item.split("=", 1) for item in a.set)}
+    overrides = {k: [float(x) for x in v.split(",")] if "," in v else float(v)
+                 for k, v in (item.split("=", 1) for item in a.set)}
     head = ["run", "tokenizer", "world", "order", "steps", "sampler", "overall", *CATEGORIES, "s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in a.runs:

@@ -161,7 +161,9 @@ def test_export_and_eval(parts, tmp_path, capsys):
     from fastmuse.pipeline import Pipeline
 
     train_transformer(cfg_for(parts), tmp_path / "run")
-    assert main(["transformer", "export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) == 0
+    assert main(["transformer", "export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "m"),
+                 "--guidance-interval", "0,0.5"]) == 0
+    assert json.loads((tmp_path / "m/sampler.json").read_text())["guidance_interval"] == [0.0, 0.5]
     card = (tmp_path / "m/README.md").read_text()
     assert "## Held-out token accuracy" in card and "Masked-token accuracy with fixed masks" in card
     assert "| all |" in card and "cosine schedule" in card

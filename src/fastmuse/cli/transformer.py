@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import ORDERS, WEIGHT_DTYPES, add_train_parser, bounded, load_train_config, positive
+from .common import ORDERS, WEIGHT_DTYPES, add_train_parser, bounded, interval, load_train_config, positive
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -31,7 +31,8 @@ def cmd_export(a: argparse.Namespace) -> None:
 
     out = export_run(a.run, a.out, name=a.name or Path(a.out).name, notes=a.notes,
                      defaults=SamplerDefaults(steps=a.steps, guidance=a.guidance, top_k=a.top_k,
-                                              temperature=a.temperature, order=a.order), dtype=a.dtype)
+                                              temperature=a.temperature, order=a.order,
+                                              guidance_interval=list(a.guidance_interval)), dtype=a.dtype)
     print(f"wrote {out}")
 
 
@@ -67,6 +68,8 @@ def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAct
                    help="default sampling temperature (default 1)")
     x.add_argument("--top-k", type=bounded("--top-k", int, 0, None), default=0,
                    help="default top-k of an autoregressive model (0: all codes)")
+    x.add_argument("--guidance-interval", type=interval, default=(0.0, 1.0), metavar="LO,HI",
+                   help="default guided part of the steps, as fractions (default 0,1: every step)")
     x.add_argument("--order", choices=ORDERS, default="confidence",
                    help="default MaskGIT order: which tokens each step keeps (default confidence)")
     x.add_argument("--dtype", choices=WEIGHT_DTYPES, default="fp16",

@@ -85,8 +85,11 @@ def export_run(run: str | Path, out: str | Path, name: str, notes: str = "",
     else:
         images = pipe(list(CARD_PROMPTS), n=4, seed=0)
         grid = make_grid(images, ncols=8, captions=[p for p in CARD_PROMPTS for _ in range(4)])
-        grid_line = (f"Prompts above (seed 0, {d.steps} steps, guidance {d.guidance}{{order}}), 4 images "
-                     "each:\n"
+        lo, hi = d.guidance_interval
+        on = "" if (lo, hi) == (0.0, 1.0) else f" on the steps in [{lo:g}, {hi:g}) of the schedule"
+        grid_line = (f"Prompts above (seed 0, {d.steps} steps, guidance {d.guidance}{on}{{order}}, "
+                     f"{pipe.network_evaluations(d.steps, d.guidance)} network evaluations per image), "
+                     "4 images each:\n"
                      f"`fastmuse generate {' '.join(repr(p) for p in CARD_PROMPTS[:2])} ... --n 4 --seed 0 "
                      f"--model {name}`.")
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x]
