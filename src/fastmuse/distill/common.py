@@ -10,6 +10,7 @@ import torch
 
 from ..config import Config, check_range
 from ..data.images import make_grid
+from ..data.tokens import TokenData, build_token_data
 from ..errors import ConfigError
 from ..pipeline import Pipeline, SamplerDefaults
 from ..train.log import JsonlLogger
@@ -129,3 +130,14 @@ def save_run_student(run: Path, cfg: DistillConfig, student: torch.nn.Module, te
              config_name: (run / "config.json").read_bytes(),
              "grid.png": samples_file(run, cfg.steps).read_bytes()}
     return pipe.save_pretrained(run / "student", card, files)
+
+
+def diffusion_teacher_and_data(cfg: DistillConfig, device: torch.device) -> tuple[Pipeline, TokenData]:
+    """The DMD / sCM teacher on `device` and its training data (tokens + caption embeddings),
+    both set up on the CPU, by name: the same run on any device."""
+    with torch.device("cpu"):
+        teacher = load_diffusion_teacher(cfg.teacher)
+        data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
+                                cfg.cache_dir, cfg.shapes_train, cfg.shapes_val,
+                                tokenizer_id=teacher.transformer.config.tokenizer)
+    return teacher.to(device), data

@@ -25,7 +25,6 @@ import torch
 from tqdm import tqdm
 
 from ..config import check_range
-from ..data.tokens import build_token_data
 from ..errors import ConfigError
 from ..fast import resolve_device
 from ..models import DiT
@@ -36,8 +35,8 @@ from ..sampling.trigflow import add_noise, sample_time, velocity_target
 from ..train.run import step_generator, update_ema
 from .common import (
     DistillConfig,
+    diffusion_teacher_and_data,
     due,
-    load_diffusion_teacher,
     open_run,
     resume_checkpoint,
     save_checkpoint,
@@ -92,12 +91,7 @@ def distill_scm(cfg: SCMConfig, out: str | Path, resume: bool = False, stop_at: 
     out = Path(out)
     device = resolve_device(device)
     ckpt = resume_checkpoint(out, resume, cfg, ("teacher", "mode", "adaptive_weight"))
-    with torch.device("cpu"):  # setup on the CPU, by name; then the teacher moves
-        teacher = load_diffusion_teacher(cfg.teacher)
-        data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
-                                cfg.cache_dir, cfg.shapes_train, cfg.shapes_val,
-                                tokenizer_id=teacher.transformer.config.tokenizer)
-    teacher = teacher.to(device)
+    teacher, data = diffusion_teacher_and_data(cfg, device)
     tm = teacher.transformer.requires_grad_(False)
     s = tm.config.sigma_d
     main_caption = data.train.cap_rows[data.train.cap_offsets[:-1]]  # sample i's first caption
