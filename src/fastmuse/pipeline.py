@@ -38,7 +38,7 @@ from .int8 import QUANT_FILE, int8_state, is_int8_folder, is_quantized, quant_fi
 from .models import DiT, MaskedTransformer, TextContext, load_transformer
 from .models.from_diffusers import load_diffusers_transformer
 from .models.transformer import low_res_grid, micro_names
-from .sampling.families import SAMPLER_FILE, SamplerDefaults, SamplingRun, family_for
+from .sampling.families import SAMPLER_FILE, Family, SamplerDefaults, SamplingRun, family_for
 from .text.encoders import TextEncoder, check_prompts, load_text_encoder
 from .tokenizer import VQTokenizer
 
@@ -68,8 +68,7 @@ class Pipeline(EditingMixin):
                  device: str | torch.device | None = None) -> None:
         cfg = transformer.config
         self.defaults = defaults or SamplerDefaults()
-        self.family = family_for(transformer, self.defaults)
-        if self.family.makes_latents:
+        if family_for(transformer, self.defaults).makes_latents:
             if tokenizer.config.vq_embed_dim != cfg.channels:
                 raise ConfigError(f"tokenizer codes are {tokenizer.config.vq_embed_dim}-d, the diffusion "
                                   f"model's latent {cfg.channels}-d")
@@ -93,6 +92,12 @@ class Pipeline(EditingMixin):
         self.text_encoder = text_encoder
         self._uncond = None
         self.upsamplers: list[Pipeline] = []  # super-resolution stages run after this one (from_stages)
+
+    @property
+    def family(self) -> Family:
+        """How this model samples (sampling/families.py): derived from the transformer and the
+        current defaults, so callers may replace `defaults`."""
+        return family_for(self.transformer, self.defaults)
 
     @property
     def device(self) -> torch.device:
