@@ -22,14 +22,10 @@ def cmd_bench(a: argparse.Namespace) -> None:
         fastmuse_flops,
         fastmuse_rows,
         matmul_peak,
-        parts_table,
         set_mfu,
         suite_quality,
-        table,
     )
     from ..fast import resolve_device
-    from ..fsutil import atomic_write_bytes
-    from ..pipeline import Pipeline
 
     device = resolve_device(a.device)
     if a.cold:
@@ -45,24 +41,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
     machine = describe_machine()
     print(f"machine: {machine}", flush=True)
     progress = lambda text: print(text, flush=True)  # noqa: E731
-    if a.reference:
-        from ..eval.speed_reference import PROMPT, amused_256, diffusers_rows, fastmuse_twin
-
-        progress("building aMUSEd-256 with random weights in diffusers and fastmuse ...")
-        ref = amused_256().to(device)
-        steps, guidance = a.steps or 12, 10.0 if a.guidance is None else a.guidance  # diffusers' scale
-        base = fastmuse_twin(ref, steps, guidance, device)
-        prompt, n, guidance = PROMPT, 1, guidance - 1
-        a.peers = ["fp32", "bf16"] if a.peers is None else a.peers
-    else:
-        base = Pipeline.from_pretrained(a.model, device=device)
-        if base.family.name not in ("maskgit", "one_step"):
-            raise ConfigError(f"--model {a.model}: fastmuse bench times masked-token models (MaskGIT or "
-                              "one-step); for diffusion and autoregressive models use "
-                              "`fastmuse eval --suite speed`")
-        prompt, n = a.prompt, a.n
-        steps = a.steps or base.defaults.steps
-        guidance = base.defaults.guidance if a.guidance is None else a.guidance
+    base, ref, prompt, n, steps, guidance = subject(a, device, progress)
     cfg = base.transformer.config
     width = getattr(cfg, "hidden_size", getattr(cfg, "dim", 0))
     rows_in_batch = (2 if guidance > 0 else 1) * n * cfg.grid ** 2
@@ -73,6 +52,8 @@ def cmd_bench(a: argparse.Namespace) -> None:
     ours = fastmuse_rows(base, a.modes, prompt, n, steps, guidance, a.repeats, progress)
     rows: list[Row] = []
     if a.reference and a.peers:
+        from ..eval.speed_reference import diffusers_rows
+
         flops = fastmuse_flops(base, prompt, n, steps, guidance)
         peers = diffusers_rows(ref, a.peers, steps, guidance + 1, a.repeats, flops, device, progress)
         compare(peers, peers[0])
@@ -84,11 +65,45 @@ def cmd_bench(a: argparse.Namespace) -> None:
             row.quality = suite_quality(MODES[name].pipeline(base), a.seeds, steps, guidance)
     rows += ours
     set_mfu(rows, peaks)
-    as_dicts = [r.as_dict(steps) for r in rows]
     what = a.reference or a.model
-    header = (f"{what}: {n} image(s) of {cfg.grid * base.tokenizer.downsample} px, {steps} steps, guidance "
-              f"{guidance:g}{' (diffusers: 1 more)' if a.reference else ''}, {machine}. "
-              f"Quality: each row against the first row of the same code, same seed.")
+    report(a, rows, what, machine, base, prompt, n, steps, guidance, peaks)
+
+
+def subject(a: argparse.Namespace, device, progress):
+    """What is timed: aMUSEd-256 with random weights built twice (diffusers' `ref` and its
+    fastmuse twin) with --reference, else the --model pipeline; with the prompt, images,
+    steps and guidance of the run (fastmuse's scale: diffusers' minus 1)."""
+    from ..errors import ConfigError
+    from ..pipeline import Pipeline
+
+    if a.reference:
+        from ..eval.speed_reference import PROMPT, amused_256, fastmuse_twin
+
+        progress("building aMUSEd-256 with random weights in diffusers and fastmuse ...")
+        ref = amused_256().to(device)
+        steps, guidance = a.steps or 12, 10.0 if a.guidance is None else a.guidance  # diffusers' scale
+        base = fastmuse_twin(ref, steps, guidance, device)
+        a.peers = ["fp32", "bf16"] if a.peers is None else a.peers
+        return base, ref, PROMPT, 1, steps, guidance - 1
+    base = Pipeline.from_pretrained(a.model, device=device)
+    if base.family.name not in ("maskgit", "one_step"):
+        raise ConfigError(f"--model {a.model}: fastmuse bench times masked-token models (MaskGIT or "
+                          "one-step); for diffusion and autoregressive models use "
+                          "`fastmuse eval --suite speed`")
+    guidance = base.defaults.guidance if a.guidance is None else a.guidance
+    return base, None, a.prompt, a.n, a.steps or base.defaults.steps, guidance
+
+
+def report(a: argparse.Namespace, rows, what: str, machine: str, base, prompt: str, n: int, steps: int,
+           guidance: float, peaks: dict) -> None:
+    """The speed table and where the time goes, printed; with --json also written as JSON."""
+    from ..eval.speed import parts_table, table
+    from ..fsutil import atomic_write_bytes
+
+    as_dicts = [r.as_dict(steps) for r in rows]
+    header = (f"{what}: {n} image(s) of {base.transformer.config.grid * base.tokenizer.downsample} px, "
+              f"{steps} steps, guidance {guidance:g}{' (diffusers: 1 more)' if a.reference else ''}, "
+              f"{machine}. Quality: each row against the first row of the same code, same seed.")
     md = (f"{header}\n\n{table(as_dicts, rows[0].name)}\nWhere the time goes (the best call of each row):\n\n"
           f"{parts_table(as_dicts)}")
     print("\n" + md, end="")

@@ -1,5 +1,5 @@
-"""What every distillation run (Di[M]O, DMD, sCM) shares: the config fields, the resume check,
-the per-step learning rates and the teacher's guidance."""
+"""What every distillation run (Di[M]O, DMD, sCM) shares besides the run skeleton (train/run.py):
+the config fields, the teacher and its data, its guidance, sample grids and the student folder."""
 
 from __future__ import annotations
 
@@ -8,19 +8,16 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, check_range
+from ..config import check_range
 from ..data.images import make_grid
 from ..data.tokens import TokenData, build_token_data
 from ..errors import ConfigError
 from ..pipeline import Pipeline, SamplerDefaults
-from ..train.log import JsonlLogger
-from ..train.run import SAMPLE_PROMPTS
-from ..train.schedule import lr_at
-from ..train.state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
+from ..train.run import SAMPLE_PROMPTS, RunConfig
 
 
 @dataclass
-class DistillConfig(Config):
+class DistillConfig(RunConfig):
     teacher: str = ""  # bundled name or model folder
     teacher_guidance: float | None = None  # None: the teacher's default
     data: tuple[str, ...] = ("data/emoji", "shapes:0")  # whose captions (and latents) the run uses
@@ -32,69 +29,18 @@ class DistillConfig(Config):
     lr: float = 2e-5
     warmup_steps: int = 10
     min_lr_ratio: float = 1.0  # constant after warm-up, as the references
-    grad_clip: float = 1.0
     ema_decay: float = 0.99
-    log_every: int = 10
     eval_every: int = 50
     save_every: int = 25
-    keep_checkpoints: int = 2
     sample_prompts: tuple[str, ...] = SAMPLE_PROMPTS
-    seed: int = 0
 
     def validate(self) -> None:
-        for name in ("batch_size", "steps", "log_every", "eval_every", "save_every", "keep_checkpoints",
-                     "shapes_train", "shapes_val"):
+        super().validate()
+        for name in ("batch_size", "shapes_train", "shapes_val"):
             check_range(name, getattr(self, name), 1)
-        check_range("lr", self.lr, 0.0)
         check_range("ema_decay", self.ema_decay, 0.0, 1.0)
-        check_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         if self.teacher_guidance is not None:
             check_range("teacher_guidance", self.teacher_guidance, 0.0)
-
-
-def resume_checkpoint(out: Path, resume: bool, cfg: DistillConfig, fixed: tuple[str, ...]) -> Path | None:
-    """The checkpoint to continue from (None: a fresh run); refuses a change of the `fixed`
-    fields, which define the networks and the objective."""
-    from ..train.distributed import make_accelerator
-
-    ckpt = checkpoint_to_resume(out, resume, make_accelerator("no", 1))
-    if ckpt is not None:
-        saved = type(cfg).load(ckpt / "config.json")
-        for name in fixed:
-            if getattr(saved, name) != getattr(cfg, name):
-                raise ConfigError(f"--resume: {name} is {getattr(cfg, name)!r}, the run in {out} was started "
-                                  f"with {getattr(saved, name)!r}")
-    return ckpt
-
-
-def open_run(out: Path, cfg: DistillConfig, ckpt: Path | None, modules: dict, optimizers: dict,
-             resume: bool) -> tuple[int, JsonlLogger]:
-    """The step to start from (the checkpoint loaded into `modules` and `optimizers`), with the
-    run folder's config.json written, samples/ made and metrics.jsonl opened (trimmed to it)."""
-    start = load_training(ckpt, modules, optimizers, {})["step"] if ckpt is not None else 0
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.json")
-    return start, JsonlLogger(out / "metrics.jsonl", resume_step=start if resume else None)
-
-
-def due(done: int, every: int, cfg: DistillConfig) -> bool:
-    """Whether a periodic action (log, grid, checkpoint) runs after update `done`: every
-    `every` updates, and after the last."""
-    return done % every == 0 or done == cfg.steps
-
-
-def save_checkpoint(out: Path, cfg: DistillConfig, modules: dict, optimizers: dict, done: int) -> None:
-    """checkpoints/step-N when due, keeping the newest `keep_checkpoints`."""
-    if due(done, cfg.save_every, cfg):
-        save_training(out / "checkpoints" / f"step-{done:06d}", cfg, modules, optimizers, {}, done)
-        prune_checkpoints(out, cfg.keep_checkpoints)
-
-
-def set_lrs(step: int, cfg: DistillConfig, optimizers: dict[torch.optim.Optimizer, float]) -> None:
-    """Each optimizer's learning rate at `step`: its base rate on the config's schedule."""
-    for opt, base in optimizers.items():
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.replace(lr=base))
 
 
 def teacher_guidance(cfg: DistillConfig, teacher: Pipeline) -> float:

@@ -15,26 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ..config import check_range
 from ..convert import folder_files
-from ..data.tokens import build_token_data
+from ..data.tokens import TokenData, build_token_data
 from ..errors import ConfigError
 from ..fast import resolve_device
 from ..hub import resolve
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.maskgit import guidance_context, guided_logits, token_logprob
 from ..train.losses import random_mask
-from ..train.run import step_generator, update_ema
+from ..train.run import Run, step_generator, update_ema
 from .common import (
     DistillConfig,
-    due,
-    open_run,
-    resume_checkpoint,
-    save_checkpoint,
     save_samples,
-    set_lrs,
     teacher_guidance,
 )
 from .dimo import DiMOSettings, aux_loss, generator_loss
@@ -108,6 +102,28 @@ def save_student(out: Path, cfg: DiMOConfig, student: torch.nn.Module, teacher: 
     return pipe.save_pretrained(out, card, files)
 
 
+def masked_teacher_and_data(cfg: DiMOConfig, device: torch.device) -> tuple[Pipeline, TokenData]:
+    """The teacher on `device` and its training data (tokens + caption embeddings), both set up
+    on the CPU, by name: the same run on any device."""
+    with torch.device("cpu"):
+        teacher = load_teacher(cfg.teacher)
+        inside = resolve(cfg.teacher) / "tokenizer"  # a converted model's own tokenizer
+        tokenizer_id = str(inside) if inside.is_dir() else teacher.transformer.config.tokenizer
+        data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
+                                cfg.cache_dir, cfg.shapes_train, cfg.shapes_val, tokenizer_id=tokenizer_id)
+    return teacher.to(device), data
+
+
+def reference_points(run: Run, teacher: Pipeline, student_pipe: Pipeline, probe: list[str], g: float) -> None:
+    """At step 0: the teacher's log-likelihood of its own samples and of the untrained student's
+    (the scale the run's `student_samples_logprob` climbs on), and the teacher's sample grid."""
+    ref = teacher.generate_tokens(probe, seed=0)
+    run.log({"step": 0, "teacher_samples_logprob": teacher_logprob(teacher, ref, probe, g),
+             "student_samples_logprob": teacher_logprob(
+                 teacher, student_pipe.generate_tokens(probe, seed=0), probe, g)})
+    save_samples(run.out, teacher.decode(ref), probe, "teacher")
+
+
 def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at: int | None = None,
                  device: str | torch.device = "cpu") -> Path:
     """Run into folder `out` on `device` (cpu, cuda, cuda:N, auto); returns the student model
@@ -115,14 +131,8 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
     (the same run on any device)."""
     out = Path(out)
     device = resolve_device(device)
-    ckpt = resume_checkpoint(out, resume, cfg, ("teacher",))
-    with torch.device("cpu"):  # setup on the CPU, by name; then the teacher moves
-        teacher = load_teacher(cfg.teacher)
-        inside = resolve(cfg.teacher) / "tokenizer"  # a converted model's own tokenizer
-        tokenizer_id = str(inside) if inside.is_dir() else teacher.transformer.config.tokenizer
-        data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
-                                cfg.cache_dir, cfg.shapes_train, cfg.shapes_val, tokenizer_id=tokenizer_id)
-    teacher = teacher.to(device)
+    run = Run(out, cfg, resume, stop_at, fixed=("teacher",))
+    teacher, data = masked_teacher_and_data(cfg, device)
     tm = teacher.transformer.requires_grad_(False)
     tcfg = tm.config
     rows = data.train.cap_rows  # every caption of the training split (alternatives included)
@@ -137,25 +147,19 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
     ema = copy.deepcopy(tm).eval()
     opt_s = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     opt_a = torch.optim.Adam(aux.parameters(), lr=cfg.aux_lr)
-    modules = {"student": student, "aux": aux, "ema": ema}
-    optimizers = {"student": opt_s, "aux": opt_a}
-    start, logger = open_run(out, cfg, ckpt, modules, optimizers, resume)
+    start = run.open({"student": student, "aux": aux, "ema": ema}, {"student": opt_s, "aux": opt_a})
     student_pipe = Pipeline(ema, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg))
     probe = list(cfg.sample_prompts)
-    if start == 0:  # reference points: the teacher's own samples, and the untrained student's
-        ref = teacher.generate_tokens(probe, seed=0)
-        logger.log({"step": 0, "teacher_samples_logprob": teacher_logprob(teacher, ref, probe, g),
-                    "student_samples_logprob": teacher_logprob(
-                        teacher, student_pipe.generate_tokens(probe, seed=0), probe, g)})
-        save_samples(out, teacher.decode(ref), probe, "teacher")
+    if start == 0:
+        reference_points(run, teacher, student_pipe, probe, g)
 
     remask = lambda tokens, gen: random_mask(tokens, tm.mask_id, gen)  # noqa: E731 - the teacher's schedule
     grid = tcfg.grid
     blank = torch.full((cfg.batch_size, grid, grid), tm.mask_id, device=device)
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="dimo")
+    bar = run.steps("dimo")
     for step in bar:
         gen = step_generator(cfg.seed, step, 0)
-        set_lrs(step, cfg, {opt_s: cfg.lr, opt_a: cfg.aux_lr})
+        run.set_lr(step, {opt_s: cfg.lr, opt_a: cfg.aux_lr})
         pick = torch.randint(len(rows), (cfg.batch_size,), generator=gen, device="cpu")
         text = data.captions.lookup(rows[pick]).to(device)
 
@@ -184,14 +188,14 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
         opt_s.step()
         done = step + 1
         update_ema(ema, student, cfg.ema_decay, done)
-        if due(done, cfg.log_every, cfg):
-            logger.log({"step": done, **logs_a, **logs})
+        if run.due(done, cfg.log_every):
+            run.log({"step": done, **logs_a, **logs})
             bar.set_postfix(tv=f"{logs['tv_aux_teacher']:.3f}", aux=f"{logs_a['loss_aux']:.3f}")
-        if due(done, cfg.eval_every, cfg):
+        if run.due(done, cfg.eval_every):
             tokens = student_pipe.generate_tokens(probe, seed=0)
-            logger.log({"step": done, "student_samples_logprob": teacher_logprob(teacher, tokens, probe, g)})
+            run.log({"step": done, "student_samples_logprob": teacher_logprob(teacher, tokens, probe, g)})
             save_samples(out, student_pipe.decode(tokens), probe, done)
-        save_checkpoint(out, cfg, modules, optimizers, done)
-        if stop_at is not None and done >= stop_at:
-            return out
+        run.checkpoint(done)
+    if not run.finish(ema):
+        return out
     return save_student(out / "student", cfg, ema, teacher, out / "metrics.jsonl")

@@ -36,17 +36,12 @@ from ..models.dit import token_latents
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.noise import random
 from ..sampling.trigflow import denoise, few_step_sample, ode_sample, student_times
-from ..train.run import step_generator, update_ema
+from ..train.run import Run, step_generator, update_ema
 from .common import (
     DistillConfig,
     diffusion_teacher_and_data,
-    due,
-    open_run,
-    resume_checkpoint,
-    save_checkpoint,
     save_run_student,
     save_samples,
-    set_lrs,
     teacher_guidance,
 )
 from .dmd import DiscriminatorHead, fake_loss, gan_discriminator_loss, gan_generator_loss, generator_loss
@@ -108,6 +103,79 @@ def regression_set(teacher: Pipeline, cfg: DMDConfig, prompts: list[str], path: 
     return pairs
 
 
+def regression_pairs(teacher: Pipeline, cfg: DMDConfig, data, out: Path
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DMD1's caption rows (drawn once from the seed) and their (noise, teacher output) pairs
+    on the teacher's device."""
+    rows = data.train.cap_rows
+    prompt_gen = torch.Generator().manual_seed(cfg.seed)
+    pair_rows = rows[torch.randint(len(rows), (cfg.regression_pairs,), generator=prompt_gen, device="cpu")]
+    captions = [data.captions.captions[int(r)] for r in pair_rows]
+    pairs = regression_set(teacher, cfg, captions, out / "regression_pairs.safetensors")
+    return pair_rows, {k: v.to(teacher.device) for k, v in pairs.items()}
+
+
+def regression_loss(student: DiT, cfg: DMDConfig, captions, pair_rows: torch.Tensor,
+                    pairs: dict[str, torch.Tensor], t0: float, gen: torch.Generator) -> torch.Tensor:
+    """DMD1's regression: G's one-step output from a batch of the pairs' noise against the
+    teacher's ODE output from it (`pair_rows`: the pairs' rows of the caption cache)."""
+    pick = torch.randint(cfg.regression_pairs, (cfg.regression_batch,), generator=gen, device="cpu")
+    device = pairs["z"].device
+    ctx = student.prepare_text(captions.lookup(pair_rows[pick]).to(device))
+    t = torch.full((len(pick),), t0, device=device)
+    x = denoise(pairs["z"][pick], t, student.velocity(pairs["z"][pick], t, ctx))
+    return F.mse_loss(x, pairs["x0"][pick])
+
+
+def generator_sample(student: DiT, text, times: tuple[float, ...], shape: tuple[int, ...],
+                     gen: torch.Generator, grad: bool) -> torch.Tensor:
+    """G's output at a random step of its schedule from its own earlier steps (backward
+    simulation; step 0 starts from noise). G reads the text through its own projection."""
+    device = next(student.parameters()).device
+    z = student.config.sigma_d * random(shape, gen, device, normal=True)
+    i = int(torch.randint(len(times), (1,), generator=gen, device="cpu"))
+    with torch.no_grad():
+        ctx = student.prepare_text(text)
+        x_in = few_step_sample(lambda x, t: student.velocity(x, t, ctx), z, times, gen, upto=i)
+    t = torch.full((len(z),), times[i], device=device)
+    with torch.set_grad_enabled(grad):
+        ctx = student.prepare_text(text) if grad else ctx
+        return denoise(x_in, t, student.velocity(x_in, t, ctx))
+
+
+def gan_logits(fake: DiT, head: DiscriminatorHead, ctx):
+    """The GAN head's real/fake logits of noisy latents, read from the fake denoiser's features."""
+    s = fake.config.sigma_d
+    return lambda x_t, t: head(fake(x_t / s, t, ctx, features=True)[1])
+
+
+def fake_update(cfg: DMDConfig, fake: DiT, head: DiscriminatorHead, opt: torch.optim.Optimizer,
+                x: torch.Tensor, text, real_batch, gen: torch.Generator) -> dict[str, float]:
+    """One update of the fake denoiser (flow loss on G's samples `x`) and, with the GAN, of the
+    head: real latents from `real_batch()` against the features of the flow loss's own forward
+    pass."""
+    s = fake.config.sigma_d
+    ctx = fake.prepare_text(text)
+    features = {}
+
+    def fake_v(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out_, features["tokens"] = fake(x_t / s, t, ctx, features=True)
+        return s * out_.float()
+
+    loss = fake_loss(x, fake_v, gen)
+    logs = {"loss_fake": loss.item()}
+    if cfg.gan:
+        d_loss, d_logs = gan_discriminator_loss(real_batch(), head(features["tokens"]),
+                                                gan_logits(fake, head, ctx), gen)
+        loss = loss + cfg.disc_weight * d_loss
+        logs.update(d_logs)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    logs["grad_norm_fake"] = torch.nn.utils.clip_grad_norm_(fake.parameters(), cfg.grad_clip).item()
+    opt.step()
+    return logs
+
+
 def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: int | None = None,
                 device: str | torch.device = "cpu") -> Path:
     """Run into folder `out` on `device` (cpu, cuda, cuda:N, auto); returns the student model
@@ -115,10 +183,9 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
     (the same run on any device)."""
     out = Path(out)
     device = resolve_device(device)
-    ckpt = resume_checkpoint(out, resume, cfg, ("teacher", "method", "student_steps", "gan"))
+    run = Run(out, cfg, resume, stop_at, fixed=("teacher", "method", "student_steps", "gan"))
     teacher, data = diffusion_teacher_and_data(cfg, device)
     tm = teacher.transformer.requires_grad_(False)
-    s = tm.config.sigma_d
     rows = data.train.cap_rows  # every caption of the training split (alternatives included)
     g = teacher_guidance(cfg, teacher)
     times = student_times(cfg.student_steps)
@@ -132,87 +199,43 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
     ema = copy.deepcopy(tm).eval()
     opt_g = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.01)
     opt_f = torch.optim.AdamW([*fake.parameters(), *head.parameters()], lr=cfg.fake_lr, weight_decay=0.01)
-    modules = {"student": student, "fake": fake, "head": head, "ema": ema}
-    optimizers = {"student": opt_g, "fake": opt_f}
-    start, logger = open_run(out, cfg, ckpt, modules, optimizers, resume)
+    start = run.open({"student": student, "fake": fake, "head": head, "ema": ema},
+                     {"student": opt_g, "fake": opt_f})
     student_pipe = Pipeline(ema, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg))
     probe = list(cfg.sample_prompts)
     if start == 0:
         save_samples(out, teacher(probe, seed=0), probe, "teacher")
     if cfg.method == "dmd":
-        prompt_gen = torch.Generator().manual_seed(cfg.seed)
-        pair_rows = rows[torch.randint(len(rows), (cfg.regression_pairs,), generator=prompt_gen,
-                                       device="cpu")]
-        captions = [data.captions.captions[int(r)] for r in pair_rows]
-        pairs = {k: v.to(device) for k, v in
-                 regression_set(teacher, cfg, captions, out / "regression_pairs.safetensors").items()}
+        pair_rows, pairs = regression_pairs(teacher, cfg, data, out)
     uncond_one = teacher.uncond()
 
-    def sample_x(text, gen: torch.Generator, grad: bool) -> torch.Tensor:
-        """G's output at a random step of its schedule from its own earlier steps (backward
-        simulation; step 0 starts from noise). G reads the text through its own projection."""
-        z = s * random(shape, gen, device, normal=True)
-        i = int(torch.randint(len(times), (1,), generator=gen, device="cpu"))
-        with torch.no_grad():
-            ctx = student.prepare_text(text)
-            x_in = few_step_sample(lambda x, t: student.velocity(x, t, ctx), z, times, gen, upto=i)
-        t = torch.full((len(z),), times[i], device=device)
-        with torch.set_grad_enabled(grad):
-            ctx = student.prepare_text(text) if grad else ctx
-            return denoise(x_in, t, student.velocity(x_in, t, ctx))
+    def real_batch(gen: torch.Generator) -> torch.Tensor:  # the GAN's real side
+        pick = torch.randint(len(data.train), (cfg.batch_size,), generator=gen, device="cpu")
+        return token_latents(teacher.tokenizer, data.train.tokens[pick].to(device), tm.config.latent_scale)
 
-    def logits_of(x_t: torch.Tensor, t: torch.Tensor, ctx) -> torch.Tensor:
-        return head(fake(x_t / s, t, ctx, features=True)[1])
-
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps,
-               desc=f"{cfg.method} x{cfg.student_steps}")
+    bar = run.steps(f"{cfg.method} x{cfg.student_steps}")
     for step in bar:
         gen = step_generator(cfg.seed, step, 0)
-        set_lrs(step, cfg, {opt_g: cfg.lr, opt_f: cfg.fake_lr})
+        run.set_lr(step, {opt_g: cfg.lr, opt_f: cfg.fake_lr})
         pick = torch.randint(len(rows), (cfg.batch_size,), generator=gen, device="cpu")
         text = data.captions.lookup(rows[pick]).to(device)
         with torch.no_grad():
             real_v = tm.guided(tm.prepare_text(text), uncond_one.repeat(cfg.batch_size), g)
-        logs: dict[str, float] = {}
         for _ in range(cfg.fake_updates):  # the fake denoiser (and the GAN head) track G
-            fctx = fake.prepare_text(text)
-            x = sample_x(text, gen, grad=False)
-            features = {}
-
-            def fake_v(x_t: torch.Tensor, t: torch.Tensor, c=fctx, keep=features) -> torch.Tensor:
-                out_, keep["tokens"] = fake(x_t / s, t, c, features=True)
-                return s * out_.float()
-
-            loss = fake_loss(x, fake_v, gen)
-            logs["loss_fake"] = loss.item()
-            if cfg.gan:  # G's side: the features of the flow loss's own forward pass
-                pick = torch.randint(len(data.train), (cfg.batch_size,), generator=gen, device="cpu")
-                real = token_latents(teacher.tokenizer, data.train.tokens[pick].to(device),
-                                     tm.config.latent_scale)
-                d_loss, d_logs = gan_discriminator_loss(real, head(features["tokens"]),
-                                                        lambda x_t, t, c=fctx: logits_of(x_t, t, c), gen)
-                loss = loss + cfg.disc_weight * d_loss
-                logs.update(d_logs)
-            opt_f.zero_grad(set_to_none=True)
-            loss.backward()
-            logs["grad_norm_fake"] = torch.nn.utils.clip_grad_norm_(fake.parameters(), cfg.grad_clip).item()
-            opt_f.step()
+            x = generator_sample(student, text, times, shape, gen, grad=False)
+            logs = fake_update(cfg, fake, head, opt_f, x, text, lambda gen=gen: real_batch(gen), gen)
 
         fake.requires_grad_(False)
         fctx = fake.prepare_text(text)
-        x = sample_x(text, gen, grad=True)
+        x = generator_sample(student, text, times, shape, gen, grad=True)
         loss, dm_logs = generator_loss(x, real_v, lambda x_t, t, c=fctx: fake.velocity(x_t, t, c), gen)
         logs.update(dm_logs)
         if cfg.gan:
-            gan = gan_generator_loss(x, lambda x_t, t, c=fctx: logits_of(x_t, t, c), gen)
+            gan = gan_generator_loss(x, gan_logits(fake, head, fctx), gen)
             loss = loss + cfg.gan_weight * gan
             logs["loss_gan"] = gan.item()
         if cfg.method == "dmd":
-            pick = torch.randint(cfg.regression_pairs, (cfg.regression_batch,), generator=gen, device="cpu")
-            pctx = student.prepare_text(data.captions.lookup(pair_rows[pick]).to(device))
-            t = torch.full((len(pick),), times[0], device=device)
-            x_reg = denoise(pairs["z"][pick], t, student.velocity(pairs["z"][pick], t, pctx))
-            reg = F.mse_loss(x_reg, pairs["x0"][pick])
+            reg = regression_loss(student, cfg, data.captions, pair_rows, pairs, times[0], gen)
             loss = loss + cfg.regression_weight * reg
             logs["loss_regression"] = reg.item()
         fake.requires_grad_(True)
@@ -222,14 +245,14 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
         opt_g.step()
         done = step + 1
         update_ema(ema, student, cfg.ema_decay, done)
-        if due(done, cfg.log_every, cfg):
-            logger.log({"step": done, **logs})
+        if run.due(done, cfg.log_every):
+            run.log({"step": done, **logs})
             bar.set_postfix(fake=f"{logs['loss_fake']:.4f}", dm=f"{logs['dm_grad_norm']:.2f}")
-        if due(done, cfg.eval_every, cfg):
+        if run.due(done, cfg.eval_every):
             save_samples(out, student_pipe(probe, seed=0), probe, done)
-        save_checkpoint(out, cfg, modules, optimizers, done)
-        if stop_at is not None and done >= stop_at:
-            return out
+        run.checkpoint(done)
+    if not run.finish(ema):
+        return out
     return save_student(out, cfg, ema, teacher)
 
 

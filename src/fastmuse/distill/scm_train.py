@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from tqdm import tqdm
 
 from ..config import check_range
 from ..errors import ConfigError
@@ -32,17 +31,12 @@ from ..models.dit import token_latents
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.noise import random
 from ..sampling.trigflow import add_noise, sample_time, velocity_target
-from ..train.run import step_generator, update_ema
+from ..train.run import Run, step_generator, update_ema
 from .common import (
     DistillConfig,
     diffusion_teacher_and_data,
-    due,
-    open_run,
-    resume_checkpoint,
-    save_checkpoint,
     save_run_student,
     save_samples,
-    set_lrs,
     teacher_guidance,
 )
 from .scm import AdaptiveWeight, SCMSettings, check_finite, consistency_times, scm_loss
@@ -90,7 +84,7 @@ def distill_scm(cfg: SCMConfig, out: str | Path, resume: bool = False, stop_at: 
     (the same run on any device)."""
     out = Path(out)
     device = resolve_device(device)
-    ckpt = resume_checkpoint(out, resume, cfg, ("teacher", "mode", "adaptive_weight"))
+    run = Run(out, cfg, resume, stop_at, fixed=("teacher", "mode", "adaptive_weight"))
     teacher, data = diffusion_teacher_and_data(cfg, device)
     tm = teacher.transformer.requires_grad_(False)
     s = tm.config.sigma_d
@@ -107,7 +101,7 @@ def distill_scm(cfg: SCMConfig, out: str | Path, resume: bool = False, stop_at: 
     opt_w = torch.optim.Adam(weight.parameters(), lr=cfg.weight_lr)
     modules = {"student": student, "weight": weight, "ema": ema}
     optimizers = {"student": opt, "weight": opt_w}
-    start, logger = open_run(out, cfg, ckpt, modules, optimizers, resume)
+    start = run.open(modules, optimizers)
     student_pipe = Pipeline(ema, teacher.tokenizer, teacher.text_encoder, student_defaults(cfg))
     probe = list(cfg.sample_prompts)
     if start == 0:
@@ -115,10 +109,10 @@ def distill_scm(cfg: SCMConfig, out: str | Path, resume: bool = False, stop_at: 
     uncond = teacher.uncond().repeat(cfg.batch_size)
 
     bad = 0
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.mode}")
+    bar = run.steps(f"{cfg.mode}")
     for step in bar:
         gen = step_generator(cfg.seed, step, 0)
-        set_lrs(step, cfg, {opt: cfg.lr, opt_w: cfg.weight_lr})
+        run.set_lr(step, {opt: cfg.lr, opt_w: cfg.weight_lr})
         pick = torch.randint(len(data.train), (cfg.batch_size,), generator=gen, device="cpu")
         text = data.captions.lookup(main_caption[pick]).to(device)
         x0 = token_latents(teacher.tokenizer, data.train.tokens[pick].to(device), tm.config.latent_scale)
@@ -146,14 +140,14 @@ def distill_scm(cfg: SCMConfig, out: str | Path, resume: bool = False, stop_at: 
             opt_w.step()
         done = step + 1
         update_ema(ema, student, cfg.ema_decay, done)
-        if due(done, cfg.log_every, cfg) or bad:
-            logger.log({"step": done, **logs})
+        if run.due(done, cfg.log_every) or bad:
+            run.log({"step": done, **logs})
             bar.set_postfix(loss=f"{logs['loss']:.4f}", grad=f"{logs['grad_norm']:.2f}")
-        if due(done, cfg.eval_every, cfg):
+        if run.due(done, cfg.eval_every):
             save_samples(out, student_pipe(probe, seed=0), probe, done)
-        save_checkpoint(out, cfg, modules, optimizers, done)
-        if stop_at is not None and done >= stop_at:
-            return out
+        run.checkpoint(done)
+    if not run.finish(ema):
+        return out
     return save_student(out, cfg, ema, teacher)
 
 

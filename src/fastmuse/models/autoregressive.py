@@ -25,6 +25,7 @@ class ARTransformerConfig(MaskedTransformerConfig):
     """As the masked model's; id `codebook_size` is BOS instead of MASK."""
 
     kind = "ar_transformer"
+    objective = "autoregressive"
 
     def validate(self) -> None:
         super().validate()

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 @dataclass
 class DiTConfig(Config):
     kind = "dit"
+    objective = "diffusion"  # see MaskedTransformerConfig.objective
     grid: int = 16  # latent side
     patch: int = 1
     channels: int = 32  # the tokenizer's code dimension

@@ -31,6 +31,8 @@ class ReferenceConfig(Config):
     """What the public models' configs (aMUSEd, Meissonic) share: a `sample_size` x `sample_size`
     token grid and a vocabulary whose last id is MASK. Subclasses define those fields."""
 
+    objective = "masked"  # see MaskedTransformerConfig.objective
+
     sample_size: int
     vocab_size: int
     codebook_size: int

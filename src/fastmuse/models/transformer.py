@@ -47,6 +47,9 @@ MICRO_DIM = 64  # sinusoid width per micro-condition
 @dataclass
 class MaskedTransformerConfig(Config):
     kind = "masked_transformer"
+    # what training optimises (train/losses.py) and export describes: "masked" (tokens under a
+    # mask), "autoregressive" (next token) or "diffusion" (flow on latents); one per config class
+    objective = "masked"
     codebook_size: int = 1024  # of the image tokenizer; id codebook_size is MASK
     grid: int = 16  # tokens per side (resolution / tokenizer downsampling)
     dim: int = 384

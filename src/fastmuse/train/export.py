@@ -10,9 +10,11 @@ import io
 import json
 from pathlib import Path
 
+from PIL import Image
+
 from ..data.images import make_grid
 from ..hub import stored
-from ..models import ARTransformer, DiT, Transformer, load_transformer
+from ..models import DiT, Transformer, load_transformer
 from ..models.transformer import low_res_grid, micro_names
 from ..pipeline import Pipeline, SamplerDefaults
 from ..text.encoders import load_text_encoder
@@ -40,7 +42,7 @@ def heldout_accuracy(model: str | Path, config: str | Path, loaded: Transformer 
     tokenizer = VQTokenizer.from_pretrained(cfg.tokenizer)
     data, low = training_data(cfg.replace(model=m.config), tokenizer, load_text_encoder(cfg.text_encoder))
     groups = val_groups(data)
-    if isinstance(m, DiT):  # held-out flow loss at fixed times and noise
+    if m.config.objective == "diffusion":  # held-out flow loss at fixed times and noise
         return {"model": str(model), "config": str(config),
                 "val_counts": {k: len(r) for k, r in groups.items()},
                 "with_captions": evaluate_diffusion(m, tokenizer, data.val, data.captions, groups)}
@@ -66,9 +68,9 @@ def export_run(run: str | Path, out: str | Path, name: str, notes: str = "",
     cfg = TransformerTrainConfig.load(run / "config.json")
     model = load_transformer(run / "transformer")
     model.load_state_dict(stored(model.state_dict(), dtype))  # rounded, still computed in fp32
-    if isinstance(model, DiT):
+    if model.config.objective == "diffusion":
         return export_diffusion_run(run, cfg, model, out, name, notes, defaults, dtype)
-    ar = isinstance(model, ARTransformer)
+    ar = model.config.objective == "autoregressive"
     defaults = defaults or SamplerDefaults()
     if ar:  # one step per token
         defaults = dataclasses.replace(defaults, steps=model.config.grid ** 2)
@@ -80,47 +82,14 @@ def export_run(run: str | Path, out: str | Path, name: str, notes: str = "",
     if micro_names(mc) and pipe.defaults.micro is None:
         pipe.defaults = dataclasses.replace(pipe.defaults, micro=default_micro(mc, data, cfg))
     d = pipe.defaults
-    if low_res_grid(mc):
-        grid, grid_line = super_res_grid(pipe, data, low, name)
-    else:
-        images = pipe(list(CARD_PROMPTS), n=4, seed=0)
-        grid = make_grid(images, ncols=8, captions=[p for p in CARD_PROMPTS for _ in range(4)])
-        lo, hi = d.guidance_interval
-        on = "" if (lo, hi) == (0.0, 1.0) else f" on the steps in [{lo:g}, {hi:g}) of the schedule"
-        grid_line = (f"Prompts above (seed 0, {d.steps} steps, guidance {d.guidance}{on}{{order}}, "
-                     f"{pipe.network_evaluations(d.steps, d.guidance)} network evaluations per image), "
-                     "4 images each:\n"
-                     f"`fastmuse generate {' '.join(repr(p) for p in CARD_PROMPTS[:2])} ... --n 4 --seed 0 "
-                     f"--model {name}`.")
+    grid, grid_line = super_res_grid(pipe, data, low, name) if low_res_grid(mc) else card_grid(pipe, name)
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x]
     ev = heldout_accuracy(run / "transformer", run / "config.json", model)
     params = sum(p.numel() for p in model.parameters())
-    w, e = ev["with_captions"], ev["empty_captions"]
-    groups = list(ev["val_counts"])
-    acc50 = (lambda k: "") if ar else (lambda k: f" {w[k]:.3f} |")  # noqa: E731
-    rows = "\n".join(f"| {g} ({ev['val_counts'][g]}) | {w[f'val_acc_{g}']:.3f} |{acc50(f'val_acc50_{g}')} "
-                     f"{w[f'val_loss_{g}']:.3f} | {e[f'val_acc_{g}']:.3f} |" for g in groups)
     last = next(r for r in reversed(records) if "loss" in r)
     order = ", raster order" if ar else f", {d.schedule} schedule"
     grid_line = grid_line.replace("{order}", order)
-    origin = (f"Warm-started from `{cfg.init_from}` (matching weights copied, position embeddings "
-              "resampled to the grid; the new condition layers start as no-ops), then trained"
-              if cfg.init_from else "Trained from scratch")
-    kind, what, extra_id, objective, heldout = (
-        ("autoregressive baseline", f"""\
-A causal transformer of the same size, text conditioning and training as the masked
-models, that writes {mc.grid}x{mc.grid} tokens of the `{mc.tokenizer}` VQ tokenizer ({mc.resolution} px)
-one at a time in raster order (KV cache, classifier-free guidance): the baseline the
-evaluation suite compares parallel decoding with. Trained from scratch on a 2-core CPU by fastmuse.""",
-         "BOS", "next-token loss on every token (teacher forcing)",
-         "Next-token accuracy with the true prefix (teacher forcing)") if ar else
-        ("masked text-to-image transformer", f"""\
-A Muse-style masked image transformer that turns a prompt into {mc.grid}x{mc.grid} tokens of
-the `{mc.tokenizer}` VQ tokenizer ({mc.resolution} px), decoded by MaskGIT parallel decoding
-with classifier-free guidance. {origin} on a 2-core CPU by fastmuse.""",
-         "MASK", "cosine mask-ratio schedule, loss on masked tokens only",
-         "Masked-token accuracy with fixed masks; `acc`: cosine-schedule mask ratios, `acc50`: half\n"
-         "of each grid masked"))
+    kind, what, extra_id, objective, heldout = objective_text(mc, cfg, ar)
     card = f"""# {name}: {kind} (fastmuse)
 
 {what}
@@ -155,10 +124,7 @@ Last logged train loss {last['loss']:.3f}, accuracy {last['acc']:.3f}.
 {heldout} on the val splits (never trained on); chance is {ev['chance_acc']:.4f}.
 "no text" replaces every caption by "".
 
-| val set (images) | acc |{"" if ar else " acc50 |"} loss | acc, no text |
-|---|---|{"" if ar else "---|"}---|---|
-{rows}
-| all | {w['val_acc']:.3f} |{acc50('val_acc50')} {w['val_loss']:.3f} | {e['val_acc']:.3f} |
+{heldout_table(ev, ar)}
 
 Rerun: `fastmuse transformer eval --model {name} --config configs/{name}.json` (this folder's
 `eval.json`).
@@ -170,12 +136,68 @@ fastmuse train transformer --config configs/{name}.json --out runs/{name}
 fastmuse transformer export --run runs/{name} --out src/fastmuse/assets/{name}
 ```
 """
-    files = {"grid.png": _png(grid), "eval.json": (json.dumps(ev, indent=2) + "\n").encode(),
-             "loss.png": _png(plot_curves(records, ["loss", "val_loss"], "token cross-entropy")),
-             "accuracy.png": _png(plot_curves(records, ["acc", "val_acc", "val_acc50"],
-                                              "token accuracy")),
-             "metrics.jsonl": (run / "metrics.jsonl").read_bytes()}
-    return pipe.save_pretrained(out, card=card, extra_files=files, dtype=dtype)
+    return pipe.save_pretrained(out, card=card, extra_files=card_files(run, grid, ev, records), dtype=dtype)
+
+
+def card_files(run: Path, grid: Image.Image, ev: dict, records: list[dict]) -> dict[str, bytes]:
+    """What the card shows and cites: the grid, eval.json, loss and accuracy curves, the log."""
+    return {"grid.png": _png(grid), "eval.json": (json.dumps(ev, indent=2) + "\n").encode(),
+            "loss.png": _png(plot_curves(records, ["loss", "val_loss"], "token cross-entropy")),
+            "accuracy.png": _png(plot_curves(records, ["acc", "val_acc", "val_acc50"], "token accuracy")),
+            "metrics.jsonl": (run / "metrics.jsonl").read_bytes()}
+
+
+def objective_text(mc, cfg: TransformerTrainConfig, ar: bool) -> tuple[str, str, str, str, str]:
+    """The card's wording for the model's objective: its kind, what it is, its extra token id,
+    its training loss and what its held-out accuracy measures."""
+    origin = (f"Warm-started from `{cfg.init_from}` (matching weights copied, position embeddings "
+              "resampled to the grid; the new condition layers start as no-ops), then trained"
+              if cfg.init_from else "Trained from scratch")
+    return (
+        ("autoregressive baseline", f"""\
+A causal transformer of the same size, text conditioning and training as the masked
+models, that writes {mc.grid}x{mc.grid} tokens of the `{mc.tokenizer}` VQ tokenizer ({mc.resolution} px)
+one at a time in raster order (KV cache, classifier-free guidance): the baseline the
+evaluation suite compares parallel decoding with. Trained from scratch on a 2-core CPU by fastmuse.""",
+         "BOS", "next-token loss on every token (teacher forcing)",
+         "Next-token accuracy with the true prefix (teacher forcing)") if ar else
+        ("masked text-to-image transformer", f"""\
+A Muse-style masked image transformer that turns a prompt into {mc.grid}x{mc.grid} tokens of
+the `{mc.tokenizer}` VQ tokenizer ({mc.resolution} px), decoded by MaskGIT parallel decoding
+with classifier-free guidance. {origin} on a 2-core CPU by fastmuse.""",
+         "MASK", "cosine mask-ratio schedule, loss on masked tokens only",
+         "Masked-token accuracy with fixed masks; `acc`: cosine-schedule mask ratios, `acc50`: half\n"
+         "of each grid masked"))
+
+
+def card_grid(pipe: Pipeline, name: str) -> tuple[Image.Image, str]:
+    """The card's sample grid (4 images of each card prompt, seed 0) and the line under it
+    ("{order}" is left for the caller: the decoding order)."""
+    d = pipe.defaults
+    images = pipe(list(CARD_PROMPTS), n=4, seed=0)
+    grid = make_grid(images, ncols=8, captions=[p for p in CARD_PROMPTS for _ in range(4)])
+    lo, hi = d.guidance_interval
+    on = "" if (lo, hi) == (0.0, 1.0) else f" on the steps in [{lo:g}, {hi:g}) of the schedule"
+    line = (f"Prompts above (seed 0, {d.steps} steps, guidance {d.guidance}{on}{{order}}, "
+            f"{pipe.network_evaluations(d.steps, d.guidance)} network evaluations per image), "
+            "4 images each:\n"
+            f"`fastmuse generate {' '.join(repr(p) for p in CARD_PROMPTS[:2])} ... --n 4 --seed 0 "
+            f"--model {name}`.")
+    return grid, line
+
+
+def heldout_table(ev: dict, ar: bool) -> str:
+    """The card's held-out accuracy table from `heldout_accuracy`'s result (an autoregressive
+    model has no acc50 column)."""
+    w, e = ev["with_captions"], ev["empty_captions"]
+    acc50 = (lambda k: "") if ar else (lambda k: f" {w[k]:.3f} |")  # noqa: E731
+    lines = [f"| val set (images) | acc |{'' if ar else ' acc50 |'} loss | acc, no text |",
+             f"|---|---|{'' if ar else '---|'}---|---|"]
+    lines += [f"| {g} ({n}) | {w[f'val_acc_{g}']:.3f} |{acc50(f'val_acc50_{g}')} {w[f'val_loss_{g}']:.3f} | "
+              f"{e[f'val_acc_{g}']:.3f} |" for g, n in ev["val_counts"].items()]
+    lines.append(f"| all | {w['val_acc']:.3f} |{acc50('val_acc50')} {w['val_loss']:.3f} | "
+                 f"{e['val_acc']:.3f} |")
+    return "\n".join(lines)
 
 
 def default_micro(mc, data, cfg: TransformerTrainConfig) -> dict[str, float]:

@@ -9,8 +9,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..models import DiTConfig
-from ..models.autoregressive import ARTransformerConfig
 from ..models.transformer import MaskedTransformerConfig
 from ..sampling.noise import random
 from ..sampling.trigflow import flow_loss, sample_time
@@ -48,7 +46,7 @@ def loss_inputs(tokens: torch.Tensor, mcfg: MaskedTransformerConfig,
                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(what the model reads, where the loss is taken). Masked model: a random cosine-schedule
     mask. Autoregressive model: the tokens themselves (its forward shifts them), every position."""
-    if isinstance(mcfg, ARTransformerConfig):
+    if mcfg.objective == "autoregressive":
         return tokens, torch.ones_like(tokens, dtype=torch.bool)
     return random_mask(tokens, mcfg.mask_id, gen)
 
@@ -67,7 +65,7 @@ def training_loss(model: torch.nn.Module, mcfg, x: torch.Tensor, text, gen: torc
                   **cond) -> tuple[torch.Tensor, dict[str, float]]:
     """One batch's loss and what to log with it, for whichever family `mcfg` describes
     (x: token ids, or for a DiT their latents; `cond`: micro / low_res of a masked model)."""
-    if isinstance(mcfg, DiTConfig):
+    if mcfg.objective == "diffusion":
         loss = diffusion_loss(model, mcfg.sigma_d, x.to(device), text, gen)
         return loss, {"loss": loss.item()}
     inputs, mask = loss_inputs(x, mcfg, gen)

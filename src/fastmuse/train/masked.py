@@ -28,32 +28,28 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from tqdm import tqdm
 
-from ..config import Config, check_choice, check_range
+from ..config import check_choice, check_range
 from ..data.images import make_grid, to_pil
 from ..data.tokens import TokenData, TokenSplit, build_token_data
 from ..errors import ConfigError
 from ..eval.shapes_suite import CATEGORIES as SHAPES_CATEGORIES
 from ..models import TRANSFORMERS, DiT, DiTConfig, MMDiTConfig, Transformer, UViTConfig
-from ..models.autoregressive import ARTransformer, ARTransformerConfig
+from ..models.autoregressive import ARTransformerConfig
 from ..models.dit import latent_scale, token_latents
 from ..models.transformer import MICRO_CONDS, MaskedTransformerConfig, low_res_grid, micro_names
 from ..sampling.families import SamplerDefaults, SamplingRun, family_for
 from ..sampling.noise import random
 from ..text.cache import EmbeddingCache
 from .distributed import make_accelerator
-from .log import JsonlLogger
 from .losses import diffusion_loss, loss_inputs, masked_loss, training_loss
-from .run import SAMPLE_PROMPTS, step_generator, update_ema, weights_checksum
+from .run import SAMPLE_PROMPTS, Run, RunConfig, step_generator, update_ema
 from .sampler import StepBatchSampler
-from .schedule import lr_at
-from .state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
 from .warm_start import warm_start
 
 
 @dataclass
-class TransformerTrainConfig(Config):
+class TransformerTrainConfig(RunConfig):
     kind = "train_transformer"
     model: MaskedTransformerConfig | ARTransformerConfig | UViTConfig | MMDiTConfig | DiTConfig = field(
         default_factory=MaskedTransformerConfig)
@@ -65,12 +61,7 @@ class TransformerTrainConfig(Config):
     text_encoder: str = "minilm"
     cache_dir: str = "data/cache"
     batch_size: int = 32  # per process
-    steps: int = 2000
-    lr: float = 6e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
     weight_decay: float = 0.01
-    grad_clip: float = 1.0
     grad_accum: int = 1
     label_smoothing: float = 0.1
     # "token": cross-entropy averaged over every masked token of the batch (MaskGIT), so a
@@ -84,14 +75,9 @@ class TransformerTrainConfig(Config):
     micro_dropout: float = 0.1  # drop a sample's micro-conditions to unknown
     init_from: str = ""  # a transformer folder / bundled name to warm-start from ("": from scratch)
     ema_decay: float = 0.999
-    log_every: int = 10
-    eval_every: int = 250
-    save_every: int = 250
-    keep_checkpoints: int = 2
     sample_prompts: tuple[str, ...] = SAMPLE_PROMPTS
     sample_steps: int = 12
     sample_guidance: float = 3.0
-    seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     # shapes-suite categories measured at every eval (EMA weights, sample_steps/_guidance):
     # the learning curve of what the images show, not only of token accuracy; () = off
@@ -101,8 +87,8 @@ class TransformerTrainConfig(Config):
     later_keys = ("eval_shapes", "eval_shapes_seeds", "loss_weighting")
 
     def validate(self) -> None:
-        for name in ("batch_size", "steps", "grad_accum", "log_every", "eval_every", "save_every",
-                     "keep_checkpoints", "sample_steps", "shapes_train", "shapes_val"):
+        super().validate()
+        for name in ("batch_size", "grad_accum", "sample_steps", "shapes_train", "shapes_val"):
             check_range(name, getattr(self, name), 1)
         for name in ("caption_dropout", "alt_caption_prob", "label_smoothing", "ema_decay", "micro_dropout"):
             check_range(name, getattr(self, name), 0.0, 1.0)
@@ -111,7 +97,6 @@ class TransformerTrainConfig(Config):
             check_choice("eval_shapes entry", c, SHAPES_CATEGORIES)
         check_range("read_resolution", self.read_resolution, 0)
         check_range("crops", self.crops, 0)
-        check_range("lr", self.lr, 0.0)
         if not self.data:
             raise ConfigError("'data' is empty; accepted: one or more data sources")
         if len(self.repeats) != len(self.data) or min(self.repeats) < 1:
@@ -180,7 +165,7 @@ def evaluate_masked(model: Transformer, split: TokenSplit, captions: EmbeddingCa
     loss/accuracy (teacher forcing) and no acc50. A micro-conditioned model sees each row's
     micro-conditions, a super-resolution model the rows of `low`."""
     out: dict[str, float] = {}
-    causal, device = isinstance(model, ARTransformer), next(model.parameters()).device
+    causal, device = model.config.objective == "autoregressive", next(model.parameters()).device
     totals: dict[str, list[float]] = {k: [] for k in ("loss", "acc") + (() if causal else ("acc50",))}
     for name, rng in groups.items():
         gen = torch.Generator().manual_seed(seed)
@@ -290,6 +275,55 @@ def grid_rows(data: TokenData, n: int) -> tuple[list[int], list[str]]:
     return picked, [data.captions.captions[int(data.val.caption_rows(i)[0])] for i in picked]
 
 
+def model_config(cfg: TransformerTrainConfig, tokenizer, encoder):
+    """cfg.model completed from the data it trains on: the tokenizer's codebook and grid (a
+    diffusion model: its codebook vectors) and the text encoder's widths."""
+    resolution = cfg.model.resolution
+    if resolution % tokenizer.downsample:
+        raise ConfigError(f"model.resolution {resolution} is not a multiple of the tokenizer's "
+                          f"downsampling {tokenizer.downsample}")
+    if cfg.model.objective == "diffusion":  # its data: the tokens' codebook vectors
+        return cfg.model.replace(grid=resolution // tokenizer.downsample,
+                                 channels=tokenizer.config.vq_embed_dim, tokenizer=cfg.tokenizer,
+                                 text_dim=encoder.hidden_dim, pooled_dim=encoder.pooled_dim,
+                                 text_encoder=cfg.text_encoder)
+    try:
+        return cfg.model.for_data(tokenizer.codebook_size, resolution // tokenizer.downsample,
+                                  encoder.hidden_dim, encoder.pooled_dim, cfg.text_encoder, cfg.tokenizer)
+    except ConfigError as e:
+        raise ConfigError(f"model ({cfg.model.kind}) with tokenizer {cfg.tokenizer!r} and text "
+                          f"encoder {cfg.text_encoder!r}: {e}") from None
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TransformerTrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases, norms or embeddings)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
+
+
+def evaluate(run: Run, ema: Transformer, tokenizer, encoder, data: TokenData, low: TokenData | None,
+             diffusion: bool, done: int) -> None:
+    """Held-out loss (and accuracy), a sample grid and, if asked, the shapes-suite point."""
+    cfg = run.cfg
+    groups = val_groups(data)
+    if diffusion:
+        run.log({"step": done, **evaluate_diffusion(ema, tokenizer, data.val, data.captions, groups)})
+    else:
+        run.log({"step": done, **evaluate_masked(ema, data.val, data.captions, groups,
+                                                 low=low.val if low else None)})
+    prompts, low_res = cfg.sample_prompts, None
+    if low is not None:  # upsample val images' low-res tokens, with their captions
+        rows, captions = grid_rows(data, len(prompts))
+        prompts, low_res = tuple(captions), low.val.tokens[rows]
+    sample_grid(ema, tokenizer, encoder, prompts, cfg.sample_steps, cfg.sample_guidance,
+                low_res=low_res).save(run.out / "samples" / f"step-{done:06d}.png")
+    if cfg.eval_shapes and low is None:
+        run.log({"step": done, **shapes_curve_point(ema, tokenizer, encoder, cfg)})
+
+
 def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool = False,
                       stop_at: int | None = None) -> Path:
     """Train into run folder `out` (metrics.jsonl, samples/, checkpoints/, transformer/);
@@ -297,74 +331,39 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
     from ..text.encoders import load_text_encoder
     from ..tokenizer import VQTokenizer
 
-    out = Path(out)
     acc = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
-    ckpt = checkpoint_to_resume(out, resume, acc)
+    run = Run(out, cfg, resume, stop_at, acc)
     # Setup on the CPU, named (what a GPU run needs too: Accelerate moves the model; the rest
     # moves below); the steps then create nothing without naming a device (tests/test_device.py).
     with torch.device("cpu"):
         tokenizer = VQTokenizer.from_pretrained(cfg.tokenizer)
         encoder = load_text_encoder(cfg.text_encoder)
-        resolution = cfg.model.resolution
-        diffusion = isinstance(cfg.model, DiTConfig)
-        if resolution % tokenizer.downsample:
-            raise ConfigError(f"model.resolution {resolution} is not a multiple of the tokenizer's "
-                              f"downsampling {tokenizer.downsample}")
-        if diffusion:  # its data: the tokens' codebook vectors
-            mcfg = cfg.model.replace(grid=resolution // tokenizer.downsample,
-                                     channels=tokenizer.config.vq_embed_dim, tokenizer=cfg.tokenizer,
-                                     text_dim=encoder.hidden_dim, pooled_dim=encoder.pooled_dim,
-                                     text_encoder=cfg.text_encoder)
-        else:
-            try:
-                mcfg = cfg.model.for_data(tokenizer.codebook_size, resolution // tokenizer.downsample,
-                                          encoder.hidden_dim, encoder.pooled_dim, cfg.text_encoder,
-                                          cfg.tokenizer)
-            except ConfigError as e:
-                raise ConfigError(f"model ({cfg.model.kind}) with tokenizer {cfg.tokenizer!r} and text "
-                                  f"encoder {cfg.text_encoder!r}: {e}") from None
+        mcfg = model_config(cfg, tokenizer, encoder)
         cfg = cfg.replace(model=mcfg)
         with acc.main_process_first():  # one process builds the cache, the others load it
             data, low = training_data(cfg, tokenizer, encoder)
+        diffusion = mcfg.objective == "diffusion"
         if diffusion:  # deterministic: a resumed run computes the same scale
             mcfg = mcfg.replace(latent_scale=latent_scale(tokenizer, data.train.tokens, mcfg.sigma_d))
             cfg = cfg.replace(model=mcfg)
-        train_ranges = source_ranges(data.info["counts"]["train"])
-        groups = val_groups(data)
-        order = torch.cat([torch.arange(r.start, r.stop).repeat(k)
-                           for r, k in zip(train_ranges, cfg.repeats, strict=True)])
+        order = torch.cat([torch.arange(r.start, r.stop).repeat(k) for r, k in
+                           zip(source_ranges(data.info["counts"]["train"]), cfg.repeats, strict=True)])
         empty_row = int(data.captions.rows([""])[0])
 
         torch.manual_seed(cfg.seed)
         model = TRANSFORMERS[mcfg.kind](mcfg).train()
-        if cfg.init_from and ckpt is None:
+        if cfg.init_from and run.ckpt is None:
             acc.print(warm_start(model, cfg.init_from))
         ema = copy.deepcopy(model).eval().requires_grad_(False)
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
-        modules = {"model": model, "ema": ema}
-        start = 0
-        if ckpt is not None:
-            start = load_training(ckpt, modules, {"model": opt}, {})["step"]
-            acc.print(f"resuming from {ckpt} (step {start})")
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    if acc.is_main_process:
-        cfg.save(out / "config.json")
+        opt = make_optimizer(model, cfg)
+        run.open({"model": model, "ema": ema}, {"model": opt}, cfg=cfg)
     model, opt = acc.prepare(model, opt)
     raw = acc.unwrap_model(model)
     ema, tokenizer, encoder = (m.to(acc.device) for m in (ema, tokenizer, encoder))
     sampler = StepBatchSampler(len(order), cfg.batch_size, cfg.seed, 0, acc.process_index, acc.num_processes)
-    logger = JsonlLogger(out / "metrics.jsonl", resume_step=start if resume else None)
-    end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
-    bar = tqdm(range(start, end), initial=start, total=end, desc="transformer",
-               disable=not acc.is_main_process)
+    bar = run.steps("transformer")
     for step in bar:
-        lr = lr_at(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = run.set_lr(step, {opt: cfg.lr})
         logs: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
             at = step * cfg.grad_accum + micro
@@ -389,39 +388,13 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
             logs.update(metrics)
         done = step + 1
         update_ema(ema, raw, cfg.ema_decay, done)
-        if done % cfg.log_every == 0 or done == end:
-            logs.update(step=done, lr=lr)
-            if acc.is_main_process:
-                logger.log(logs)
+        if run.due(done, cfg.log_every):
+            run.log({**logs, "step": done, "lr": lr})
             bar.set_postfix({k: f"{logs[k]:.3f}" for k in ("loss", "acc") if k in logs})
-        if acc.is_main_process and (done % cfg.eval_every == 0 or done == end):
-            if diffusion:
-                metrics = evaluate_diffusion(ema, tokenizer, data.val, data.captions, groups)
-                logger.log({"step": done, **metrics})
-            else:
-                logger.log({"step": done, **evaluate_masked(ema, data.val, data.captions, groups,
-                                                            low=low.val if low else None)})
-            prompts, low_res = cfg.sample_prompts, None
-            if low is not None:  # upsample val images' low-res tokens, with their captions
-                rows, captions = grid_rows(data, len(prompts))
-                prompts, low_res = tuple(captions), low.val.tokens[rows]
-            sample_grid(ema, tokenizer, encoder, prompts, cfg.sample_steps, cfg.sample_guidance,
-                        low_res=low_res).save(out / "samples" / f"step-{done:06d}.png")
-            if cfg.eval_shapes and low is None:
-                logger.log({"step": done, **shapes_curve_point(ema, tokenizer, encoder, cfg)})
-        if done % cfg.save_every == 0 or done == end:
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                save_training(out / "checkpoints" / f"step-{done:06d}", cfg, modules, {"model": opt},
-                              {}, done)
-                prune_checkpoints(out, cfg.keep_checkpoints)
-    if acc.num_processes > 1:  # DDP must leave every rank with the same weights: check it
-        sums = acc.gather(torch.tensor([weights_checksum(raw)], device=acc.device)).tolist()
-        if acc.is_main_process:
-            logger.log({"step": end, "rank_checksums": sums, "ranks_agree": len(set(sums)) == 1})
-        if len(set(sums)) != 1:
-            raise RuntimeError(f"DDP ranks disagree on the weights after step {end}: {sums}")
-    if acc.is_main_process and end == cfg.steps:
-        ema.save_pretrained(out / "transformer")
+        if run.main and run.due(done, cfg.eval_every):
+            evaluate(run, ema, tokenizer, encoder, data, low, diffusion, done)
+        run.checkpoint(done)
+    if run.finish(raw):
+        ema.save_pretrained(run.out / "transformer")
     acc.wait_for_everyone()
-    return out / "transformer"
+    return run.out / "transformer"

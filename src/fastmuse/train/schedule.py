@@ -13,9 +13,11 @@ class _Schedule(Protocol):
     steps: int
 
 
-def lr_at(step: int, cfg: _Schedule) -> float:
-    """Linear warm-up, then cosine to lr * min_lr_ratio."""
+def lr_at(step: int, cfg: _Schedule, base: float | None = None) -> float:
+    """Linear warm-up, then cosine to base * min_lr_ratio (`base`: cfg.lr unless given, e.g. a
+    second optimizer's rate on the same schedule)."""
+    base = cfg.lr if base is None else base
     if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+        return base * (step + 1) / cfg.warmup_steps
     t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+    return base * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))

@@ -14,24 +14,21 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from tqdm import tqdm
 
-from ..config import Config, check_range
+from ..config import check_range
 from ..data.folder import ImageFolder
 from ..errors import ConfigError
 from ..eval.image_metrics import psnr
 from ..eval.tokenizer import evaluate_recon, load_val_images, recon_grid
 from ..tokenizer.model import VQConfig, VQTokenizer
 from .distributed import make_accelerator
-from .log import JsonlLogger
+from .run import Run, RunConfig
 from .sampler import StepBatchSampler
-from .schedule import lr_at
-from .state import checkpoint_to_resume, load_training, prune_checkpoints, save_training
 from .tokenizer_losses import PatchDiscriminator, discriminator_hinge, generator_hinge, reconstruction_loss
 
 
 @dataclass
-class TokenizerTrainConfig(Config):
+class TokenizerTrainConfig(RunConfig):
     kind = "train_tokenizer"
     model: VQConfig = field(default_factory=VQConfig)
     data: tuple[str, ...] = ("data/emoji", "data/shapes")  # folder datasets, train split
@@ -41,10 +38,11 @@ class TokenizerTrainConfig(Config):
     batch_size: int = 16
     steps: int = 20000
     lr: float = 3e-4
-    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
     warmup_steps: int = 200
+    log_every: int = 25
+    eval_every: int = 1000
+    save_every: int = 1000
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
     grad_accum: int = 1
     l1_weight: float = 1.0
     l2_weight: float = 1.0
@@ -53,12 +51,7 @@ class TokenizerTrainConfig(Config):
     gan_warmup: int = 1000  # the GAN weight ramps in linearly over these steps
     disc_lr: float = 1e-4
     restart_every: int = 200  # dead-code restarts (0 = never); none in the last 20% of steps
-    log_every: int = 25
-    eval_every: int = 1000
-    save_every: int = 1000
-    keep_checkpoints: int = 2
     num_val: int = 64
-    seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     num_workers: int = 0
     # a tokenizer folder / bundled name whose weights (codebook and EMA state included) start
@@ -68,10 +61,9 @@ class TokenizerTrainConfig(Config):
     later_keys = ("init_from",)
 
     def validate(self) -> None:
-        for name in ("batch_size", "steps", "grad_accum", "log_every", "eval_every", "save_every",
-                     "keep_checkpoints", "num_val"):
+        super().validate()
+        for name in ("batch_size", "grad_accum", "num_val"):
             check_range(name, getattr(self, name), 1)
-        check_range("lr", self.lr, 0.0)
         check_range("crop", self.crop, self.model.downsample, self.resolution)
         if self.crop % self.model.downsample:
             raise ConfigError(f"'crop' is {self.crop}; accepted: a multiple of the tokenizer's "
@@ -116,13 +108,23 @@ def warm_start_tokenizer(model: VQTokenizer, source: str) -> str:
     return f"warm start from {source}" + (f" ({', '.join(changed)})" if changed else "")
 
 
+def image_batches(cfg: TokenizerTrainConfig, start: int, acc):
+    """This process's training batches from step `start` on; (seed, step, rank) decide each, so
+    a resumed run reads what the uninterrupted one would have."""
+    train_ds = torch.utils.data.ConcatDataset(
+        [ImageFolder(d, cfg.resolution, split="train") for d in cfg.data])
+    sampler = StepBatchSampler(len(train_ds), cfg.batch_size, cfg.seed, start * cfg.grad_accum,
+                               acc.process_index, acc.num_processes)
+    with torch.device("cpu"):  # its base seed: a draw of the global CPU generator
+        return iter(torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.num_workers))
+
+
 def train_tokenizer(cfg: TokenizerTrainConfig, out: str | Path, resume: bool = False,
                     stop_at: int | None = None) -> Path:
     """Train into run folder `out` (metrics.jsonl, samples/, checkpoints/, tokenizer/).
     `resume` continues from the newest checkpoint; `stop_at` ends early (tests, time boxes)."""
-    out = Path(out)
     acc = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
-    ckpt = checkpoint_to_resume(out, resume, acc)
+    run = Run(out, cfg, resume, stop_at, acc)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # crops and code restarts
 
@@ -130,7 +132,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out: str | Path, resume: bool = F
     # models); the steps then create nothing without naming a device (tests/test_device.py).
     with torch.device("cpu"):
         model = VQTokenizer(cfg.model).train()
-        if cfg.init_from and ckpt is None:
+        if cfg.init_from and run.ckpt is None:
             acc.print(warm_start_tokenizer(model, cfg.init_from))
         disc = PatchDiscriminator() if cfg.gan_weight > 0 else None
         params = [p for p in model.parameters() if p.requires_grad]
@@ -140,36 +142,18 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out: str | Path, resume: bool = F
         if disc is not None:
             dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9))
             modules["disc"], optimizers["disc"] = disc, dopt
-        start = 0
-        if ckpt is not None:
-            start = load_training(ckpt, modules, optimizers, {"data": gen},
-                                  {"code_usage": model.quantize.usage})["step"]
-            acc.print(f"resuming from {ckpt} (step {start})")
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    if acc.is_main_process:
-        cfg.save(out / "config.json")
+        start = run.open(modules, optimizers, {"data": gen}, {"code_usage": model.quantize.usage})
 
     model, opt = acc.prepare(model, opt)
     if disc is not None:
         disc, dopt = acc.prepare(disc, dopt)
     raw = acc.unwrap_model(model)
 
-    train_ds = torch.utils.data.ConcatDataset(
-        [ImageFolder(d, cfg.resolution, split="train") for d in cfg.data])
-    sampler = StepBatchSampler(len(train_ds), cfg.batch_size, cfg.seed, start * cfg.grad_accum,
-                               acc.process_index, acc.num_processes)
-    with torch.device("cpu"):  # its base seed: a draw of the global CPU generator
-        batches = iter(torch.utils.data.DataLoader(train_ds, batch_sampler=sampler,
-                                                   num_workers=cfg.num_workers))
+    batches = image_batches(cfg, start, acc)
     val_images = load_val_images(cfg.val_data, cfg.resolution, cfg.num_val)
-    logger = JsonlLogger(out / "metrics.jsonl", resume_step=start if resume else None)
-
-    end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
-    bar = tqdm(range(start, end), initial=start, total=end, desc="tokenizer",
-               disable=not acc.is_main_process)
+    bar = run.steps("tokenizer")
     for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+        lr = run.set_lr(step, {opt: cfg.lr})
         gw = gan_weight_at(step, cfg)
         logs: dict[str, float] = {}
         for _ in range(cfg.grad_accum):
@@ -201,23 +185,16 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out: str | Path, resume: bool = F
             usage = raw.quantize.take_usage()
             with torch.no_grad():
                 logs["restarted"] = raw.quantize.restart_dead(raw.encode_latents(x), usage, gen)
-        if done % cfg.log_every == 0 or done == end:
-            logs.update(step=done, lr=lr_at(step, cfg), gan_weight=gw,
-                        codes_used_window=int((raw.quantize.usage > 0).sum()))
-            if acc.is_main_process:
-                logger.log(logs)
+        if run.due(done, cfg.log_every):
+            run.log({**logs, "step": done, "lr": lr, "gan_weight": gw,
+                     "codes_used_window": int((raw.quantize.usage > 0).sum())})
             bar.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{logs['batch_psnr']:.2f}")
-        if acc.is_main_process and (done % cfg.eval_every == 0 or done == end):
+        if run.main and run.due(done, cfg.eval_every):
             ev = evaluate_recon(raw, val_images)
-            recon_grid(val_images, ev.pop("recon")).save(out / "samples" / f"step-{done:06d}.png")
-            logger.log({"step": done, **{f"val_{k}": v for k, v in ev.items()}})
-        if done % cfg.save_every == 0 or done == end:
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                save_training(out / "checkpoints" / f"step-{done:06d}", cfg, modules, optimizers,
-                              {"data": gen}, done, buffers={"code_usage": raw.quantize.usage})
-                prune_checkpoints(out, cfg.keep_checkpoints)
-    if acc.is_main_process and end == cfg.steps:
-        raw.save_pretrained(out / "tokenizer")
+            recon_grid(val_images, ev.pop("recon")).save(run.out / "samples" / f"step-{done:06d}.png")
+            run.log({"step": done, **{f"val_{k}": v for k, v in ev.items()}})
+        run.checkpoint(done, buffers={"code_usage": raw.quantize.usage})
+    if run.finish(raw):
+        raw.save_pretrained(run.out / "tokenizer")
     acc.wait_for_everyone()
-    return out / "tokenizer"
+    return run.out / "tokenizer"
