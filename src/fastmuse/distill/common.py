@@ -3,6 +3,7 @@ the config fields, the teacher and its data, its guidance, sample grids and the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from ..config import check_range
 from ..data.images import make_grid
 from ..data.tokens import TokenData, build_token_data
 from ..errors import ConfigError
+from ..hub import resolve
 from ..pipeline import Pipeline, SamplerDefaults
 from ..train.run import SAMPLE_PROMPTS, RunConfig
 
@@ -78,12 +80,16 @@ def save_run_student(run: Path, cfg: DistillConfig, student: torch.nn.Module, te
     return pipe.save_pretrained(run / "student", card, files)
 
 
-def diffusion_teacher_and_data(cfg: DistillConfig, device: torch.device) -> tuple[Pipeline, TokenData]:
-    """The DMD / sCM teacher on `device` and its training data (tokens + caption embeddings),
-    both set up on the CPU, by name: the same run on any device."""
+def teacher_and_data(cfg: DistillConfig, device: torch.device,
+                     load: Callable[[str], Pipeline]) -> tuple[Pipeline, TokenData]:
+    """The teacher (`load(cfg.teacher)`, which checks its family) on `device` and its training
+    data (tokens + caption embeddings), both set up on the CPU, by name: the same run on any
+    device. A model folder with its own tokenizer/ (a converted one) keys the token cache by it,
+    as Pipeline.from_pretrained loads it."""
     with torch.device("cpu"):
-        teacher = load_diffusion_teacher(cfg.teacher)
+        teacher = load(cfg.teacher)
+        inside = resolve(cfg.teacher) / "tokenizer"
+        tokenizer_id = str(inside) if inside.is_dir() else teacher.transformer.config.tokenizer
         data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
-                                cfg.cache_dir, cfg.shapes_train, cfg.shapes_val,
-                                tokenizer_id=teacher.transformer.config.tokenizer)
+                                cfg.cache_dir, cfg.shapes_train, cfg.shapes_val, tokenizer_id=tokenizer_id)
     return teacher.to(device), data

@@ -18,7 +18,6 @@ import torch
 
 from ..config import check_range
 from ..convert import folder_files
-from ..data.tokens import TokenData, build_token_data
 from ..errors import ConfigError
 from ..fast import resolve_device
 from ..hub import resolve
@@ -29,6 +28,7 @@ from ..train.run import Run, step_generator, update_ema
 from .common import (
     DistillConfig,
     save_samples,
+    teacher_and_data,
     teacher_guidance,
 )
 from .dimo import DiMOSettings, aux_loss, generator_loss
@@ -102,18 +102,6 @@ def save_student(out: Path, cfg: DiMOConfig, student: torch.nn.Module, teacher: 
     return pipe.save_pretrained(out, card, files)
 
 
-def masked_teacher_and_data(cfg: DiMOConfig, device: torch.device) -> tuple[Pipeline, TokenData]:
-    """The teacher on `device` and its training data (tokens + caption embeddings), both set up
-    on the CPU, by name: the same run on any device."""
-    with torch.device("cpu"):
-        teacher = load_teacher(cfg.teacher)
-        inside = resolve(cfg.teacher) / "tokenizer"  # a converted model's own tokenizer
-        tokenizer_id = str(inside) if inside.is_dir() else teacher.transformer.config.tokenizer
-        data = build_token_data(list(cfg.data), teacher.tokenizer, teacher.text_encoder, teacher.resolution,
-                                cfg.cache_dir, cfg.shapes_train, cfg.shapes_val, tokenizer_id=tokenizer_id)
-    return teacher.to(device), data
-
-
 def reference_points(run: Run, teacher: Pipeline, student_pipe: Pipeline, probe: list[str], g: float) -> None:
     """At step 0: the teacher's log-likelihood of its own samples and of the untrained student's
     (the scale the run's `student_samples_logprob` climbs on), and the teacher's sample grid."""
@@ -132,7 +120,7 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
     out = Path(out)
     device = resolve_device(device)
     run = Run(out, cfg, resume, stop_at, fixed=("teacher",))
-    teacher, data = masked_teacher_and_data(cfg, device)
+    teacher, data = teacher_and_data(cfg, device, load_teacher)
     tm = teacher.transformer.requires_grad_(False)
     tcfg = tm.config
     rows = data.train.cap_rows  # every caption of the training split (alternatives included)

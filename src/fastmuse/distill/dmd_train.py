@@ -39,9 +39,10 @@ from ..sampling.trigflow import denoise, few_step_sample, ode_sample, student_ti
 from ..train.run import Run, step_generator, update_ema
 from .common import (
     DistillConfig,
-    diffusion_teacher_and_data,
+    load_diffusion_teacher,
     save_run_student,
     save_samples,
+    teacher_and_data,
     teacher_guidance,
 )
 from .dmd import DiscriminatorHead, fake_loss, gan_discriminator_loss, gan_generator_loss, generator_loss
@@ -152,7 +153,7 @@ def gan_logits(fake: DiT, head: DiscriminatorHead, ctx):
 def fake_update(cfg: DMDConfig, fake: DiT, head: DiscriminatorHead, opt: torch.optim.Optimizer,
                 x: torch.Tensor, text, real_batch, gen: torch.Generator) -> dict[str, float]:
     """One update of the fake denoiser (flow loss on G's samples `x`) and, with the GAN, of the
-    head: real latents from `real_batch()` against the features of the flow loss's own forward
+    head: real latents from `real_batch(gen)` against the features of the flow loss's own forward
     pass."""
     s = fake.config.sigma_d
     ctx = fake.prepare_text(text)
@@ -165,7 +166,7 @@ def fake_update(cfg: DMDConfig, fake: DiT, head: DiscriminatorHead, opt: torch.o
     loss = fake_loss(x, fake_v, gen)
     logs = {"loss_fake": loss.item()}
     if cfg.gan:
-        d_loss, d_logs = gan_discriminator_loss(real_batch(), head(features["tokens"]),
+        d_loss, d_logs = gan_discriminator_loss(real_batch(gen), head(features["tokens"]),
                                                 gan_logits(fake, head, ctx), gen)
         loss = loss + cfg.disc_weight * d_loss
         logs.update(d_logs)
@@ -184,7 +185,7 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
     out = Path(out)
     device = resolve_device(device)
     run = Run(out, cfg, resume, stop_at, fixed=("teacher", "method", "student_steps", "gan"))
-    teacher, data = diffusion_teacher_and_data(cfg, device)
+    teacher, data = teacher_and_data(cfg, device, load_diffusion_teacher)
     tm = teacher.transformer.requires_grad_(False)
     rows = data.train.cap_rows  # every caption of the training split (alternatives included)
     g = teacher_guidance(cfg, teacher)
@@ -223,7 +224,7 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
             real_v = tm.guided(tm.prepare_text(text), uncond_one.repeat(cfg.batch_size), g)
         for _ in range(cfg.fake_updates):  # the fake denoiser (and the GAN head) track G
             x = generator_sample(student, text, times, shape, gen, grad=False)
-            logs = fake_update(cfg, fake, head, opt_f, x, text, lambda gen=gen: real_batch(gen), gen)
+            logs = fake_update(cfg, fake, head, opt_f, x, text, real_batch, gen)
 
         fake.requires_grad_(False)
         fctx = fake.prepare_text(text)

@@ -34,9 +34,10 @@ from ..sampling.trigflow import add_noise, sample_time, velocity_target
 from ..train.run import Run, step_generator, update_ema
 from .common import (
     DistillConfig,
-    diffusion_teacher_and_data,
+    load_diffusion_teacher,
     save_run_student,
     save_samples,
+    teacher_and_data,
     teacher_guidance,
 )
 from .scm import AdaptiveWeight, SCMSettings, check_finite, consistency_times, scm_loss
@@ -85,7 +86,7 @@ def distill_scm(cfg: SCMConfig, out: str | Path, resume: bool = False, stop_at: 
     out = Path(out)
     device = resolve_device(device)
     run = Run(out, cfg, resume, stop_at, fixed=("teacher", "mode", "adaptive_weight"))
-    teacher, data = diffusion_teacher_and_data(cfg, device)
+    teacher, data = teacher_and_data(cfg, device, load_diffusion_teacher)
     tm = teacher.transformer.requires_grad_(False)
     s = tm.config.sigma_d
     main_caption = data.train.cap_rows[data.train.cap_offsets[:-1]]  # sample i's first caption

@@ -305,11 +305,11 @@ def make_optimizer(model: torch.nn.Module, cfg: TransformerTrainConfig) -> torch
 
 
 def evaluate(run: Run, ema: Transformer, tokenizer, encoder, data: TokenData, low: TokenData | None,
-             diffusion: bool, done: int) -> None:
+             done: int) -> None:
     """Held-out loss (and accuracy), a sample grid and, if asked, the shapes-suite point."""
     cfg = run.cfg
     groups = val_groups(data)
-    if diffusion:
+    if cfg.model.objective == "diffusion":
         run.log({"step": done, **evaluate_diffusion(ema, tokenizer, data.val, data.captions, groups)})
     else:
         run.log({"step": done, **evaluate_masked(ema, data.val, data.captions, groups,
@@ -392,7 +392,7 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
             run.log({**logs, "step": done, "lr": lr})
             bar.set_postfix({k: f"{logs[k]:.3f}" for k in ("loss", "acc") if k in logs})
         if run.main and run.due(done, cfg.eval_every):
-            evaluate(run, ema, tokenizer, encoder, data, low, diffusion, done)
+            evaluate(run, ema, tokenizer, encoder, data, low, done)
         run.checkpoint(done)
     if run.finish(raw):
         ema.save_pretrained(run.out / "transformer")
