@@ -62,6 +62,14 @@ def test_one_step_student_bundled():
         assert found.count(colour) >= 3, (colour, found)
 
 
+def test_generate_fast_picks_the_one_step_model(tmp_path, capsys):
+    from fastmuse.cli import main
+    assert main(["generate", "a red circle", "--fast", "-o", str(tmp_path / "a.png")]) == 0
+    assert "dimo-128" in capsys.readouterr().out and (tmp_path / "a.png").exists()
+    assert main(["generate", "x", "--fast", "--model", "ar-128", "-o", str(tmp_path / "b.png")]) == 1
+    assert "--fast" in capsys.readouterr().err
+
+
 def test_diffusion_teacher_and_dmd_student_bundled():
     """dit-128 (Heun ODE, 46 network passes) and its one-step DMD student load verified and
     generate 128 px images from the same decoder; the student takes 1 step and nothing else."""

@@ -9,6 +9,7 @@ from typing import Any
 WEIGHT_DTYPES = ("fp32", "fp16", "bf16")  # hub.STORE_DTYPES' names (the CLI imports no torch at start)
 
 DEFAULT_MODEL = "muse-128"
+FAST_MODEL = "dimo-128"  # the bundled one-step model that scores best on the shapes suite
 ORDERS = ("confidence", "halton")  # sampling.maskgit.ORDERS' names (the CLI imports no torch at start)
 
 

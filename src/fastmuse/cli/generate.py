@@ -8,6 +8,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .common import (
+    DEFAULT_MODEL,
+    FAST_MODEL,
     add_output_args,
     add_sampler_args,
     check_outputs,
@@ -32,6 +34,10 @@ def cmd_generate(a: argparse.Namespace) -> None:
 
     prompts = check_prompts(_read_prompts(a))
     check_outputs(a)
+    if a.fast:
+        if a.stages or a.model != DEFAULT_MODEL:
+            raise ConfigError("--fast picks the model itself; leave out --model and --stages")
+        a.model = FAST_MODEL
     if a.stages:
         pipe, name = Pipeline.from_stages(a.stages, **fast_options(a)), " -> ".join(a.stages)
     else:
@@ -70,6 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="two-stage generation instead of --model: a base model, then super-resolution "
                         "stages that upsample its tokens with their own sampler defaults, e.g. "
                         "--stages muse-64 muse-sr-128 (64 px, then 128 px)")
+    g.add_argument("--fast", action="store_true",
+                   help=f"the fastest bundled model that still draws: {FAST_MODEL} (one network "
+                        f"evaluation per image instead of {DEFAULT_MODEL}'s guided steps)")
     g.add_argument("--micro", action="append", type=micro_value, default=None, metavar="NAME=VALUE",
                    help="a micro-condition of the (base) model, repeatable: orig_size, crop_top, crop_left "
                         "(px) and score (colourfulness, 0-120); none = unknown. Default: the model's "
