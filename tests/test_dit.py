@@ -40,6 +40,19 @@ def test_shapes_zero_start_and_round_trip(tmp_path):
         DiTConfig(grid=18, patch=4)
 
 
+def test_sincos_positions_are_fixed_distinct_and_unit_scale():
+    model = tiny(pos_embed="sincos")
+    assert not any("emb" in name for name, _ in model.named_parameters())  # nothing to learn
+    pos = model.positions(4, 4, torch.device("cpu"))
+    assert pos.shape == (16, 32) and len({tuple(p.tolist()) for p in pos}) == 16
+    assert torch.allclose(pos.pow(2).sum(1), torch.full((16,), 16.0))  # cos^2 + sin^2 per pair
+    assert torch.equal(model.positions(2, 3, torch.device("cpu")), pos.view(4, 4, 32)[:2, :3].reshape(6, 32))
+    with pytest.raises(ConfigError, match="'pos_embed' is 'rope'; accepted: learned, sincos"):
+        DiTConfig(pos_embed="rope")
+    with pytest.raises(ConfigError, match="time_std"):
+        DiTConfig(time_std=0)
+
+
 def test_learns_two_captions_and_samples_them():
     """Caption 0 = a red image, caption 1 = a blue one: after flow-loss training the ODE
     sampler turns noise into the right colour for each caption."""

@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..models.dit import DiTConfig
 from ..models.transformer import MaskedTransformerConfig
 from ..sampling.noise import random
 from ..sampling.trigflow import flow_loss, sample_time
@@ -51,11 +52,13 @@ def loss_inputs(tokens: torch.Tensor, mcfg: MaskedTransformerConfig,
     return random_mask(tokens, mcfg.mask_id, gen)
 
 
-def diffusion_loss(model: torch.nn.Module, sigma_d: float, x0: torch.Tensor, text,
-                   gen: torch.Generator) -> torch.Tensor:
-    """The DiT's flow loss on data x0 at sCM's times. Calls the module itself (not .velocity)
-    so a DDP wrapper sees the forward."""
-    t = sample_time(len(x0), sigma_d=sigma_d, generator=gen).to(x0.device)
+def diffusion_loss(model: torch.nn.Module, dcfg: DiTConfig, x0: torch.Tensor, text,
+                   gen: torch.Generator, times: tuple[float, float] | None = None) -> torch.Tensor:
+    """The DiT's flow loss on data x0 at log-normal times (the config's, or `times` = (mean,
+    std)). Calls the module itself (not .velocity) so a DDP wrapper sees the forward."""
+    sigma_d = dcfg.sigma_d
+    mean, std = times or (dcfg.time_mean, dcfg.time_std)
+    t = sample_time(len(x0), mean, std, sigma_d=sigma_d, generator=gen).to(x0.device)
     z = sigma_d * random(x0.shape, gen, x0.device, normal=True)
     return flow_loss(lambda x, tt: sigma_d * model(x / sigma_d, tt, text).float(), x0, t, z)
 
@@ -66,7 +69,7 @@ def training_loss(model: torch.nn.Module, mcfg, x: torch.Tensor, text, gen: torc
     """One batch's loss and what to log with it, for whichever family `mcfg` describes
     (x: token ids, or for a DiT their latents; `cond`: micro / low_res of a masked model)."""
     if mcfg.objective == "diffusion":
-        loss = diffusion_loss(model, mcfg.sigma_d, x.to(device), text, gen)
+        loss = diffusion_loss(model, mcfg, x.to(device), text, gen)
         return loss, {"loss": loss.item()}
     inputs, mask = loss_inputs(x, mcfg, gen)
     loss, accuracy = masked_loss(model, x.to(device), mask.to(device), inputs.to(device), text,

@@ -136,6 +136,9 @@ def batch_conditions(mcfg, split: TokenSplit, low: TokenSplit | None, idx: list[
     return cond
 
 
+VAL_TIMES = (-1.0, 1.4)  # held-out flow loss at sCM's times whatever a run trains on: comparable
+
+
 @torch.no_grad()
 def evaluate_diffusion(model: DiT, tokenizer, split: TokenSplit, captions: EmbeddingCache,
                        groups: dict[str, range], batch_size: int = 64, seed: int = 1234) -> dict[str, float]:
@@ -147,7 +150,7 @@ def evaluate_diffusion(model: DiT, tokenizer, split: TokenSplit, captions: Embed
             idx = list(range(start, min(start + batch_size, rng.stop)))
             text = captions.lookup(torch.stack([split.caption_rows(i)[0] for i in idx])).to(device)
             x0 = token_latents(tokenizer, split.tokens[idx].to(device), model.config.latent_scale)
-            batch_loss = diffusion_loss(model, model.config.sigma_d, x0, text, gen)
+            batch_loss = diffusion_loss(model, model.config, x0, text, gen, times=VAL_TIMES)
             loss += len(idx) * float(batch_loss)
         out[f"val_loss_{name}"] = loss / len(rng)
         total += loss
