@@ -6,6 +6,7 @@ import base64
 import copy
 import io
 import json
+import math
 
 import pytest
 import torch
@@ -242,6 +243,19 @@ def test_cli_and_bad_teachers(teacher, tmp_path, capsys):
     assert "masked" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="embed_noise"):
         DiMOConfig(embed_noise=1.5)
+
+
+def test_bf16_run_learns_and_only_dimo_takes_it(teacher, tmp_path):
+    from fastmuse.distill.dmd_train import DMDConfig
+
+    student = distill_dimo(cfg_for(teacher, steps=2, mixed_precision="bf16"), tmp_path / "run")
+    logs = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss_student"]) for r in logs if "loss_student" in r)
+    before = MaskedTransformer.from_pretrained(teacher["teacher"]).state_dict()
+    after = MaskedTransformer.from_pretrained(student).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ConfigError, match="'mixed_precision' is 'bf16'; accepted: 'no'"):
+        DMDConfig(mixed_precision="bf16")
 
 
 def test_converted_amused_teacher(teacher, tmp_path):

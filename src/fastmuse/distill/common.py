@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
-from ..config import check_range
+from ..config import check_choice, check_range
 from ..data.images import make_grid
 from ..data.tokens import TokenData, build_token_data
 from ..errors import ConfigError
@@ -20,6 +21,8 @@ from ..train.run import SAMPLE_PROMPTS, RunConfig
 
 @dataclass
 class DistillConfig(RunConfig):
+    later_keys = ("mixed_precision",)  # configs written before it load
+    precisions: ClassVar[tuple[str, ...]] = ("no",)  # accepted mixed_precision values
     teacher: str = ""  # bundled name or model folder
     teacher_guidance: float | None = None  # None: the teacher's default
     data: tuple[str, ...] = ("data/emoji", "shapes:0")  # whose captions (and latents) the run uses
@@ -35,9 +38,13 @@ class DistillConfig(RunConfig):
     eval_every: int = 50
     save_every: int = 25
     sample_prompts: tuple[str, ...] = SAMPLE_PROMPTS
+    # "bf16" (where `precisions` has it): forward passes under bf16 autocast, several times
+    # faster on AMX CPUs and GPUs, much slower on AVX2 CPUs (benchmarks/bf16_matmul.py)
+    mixed_precision: str = "no"
 
     def validate(self) -> None:
         super().validate()
+        check_choice("mixed_precision", self.mixed_precision, self.precisions)
         for name in ("batch_size", "shapes_train", "shapes_val"):
             check_range(name, getattr(self, name), 1)
         check_range("ema_decay", self.ema_decay, 0.0, 1.0)

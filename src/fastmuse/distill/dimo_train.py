@@ -19,7 +19,7 @@ import torch
 from ..config import check_range
 from ..convert import folder_files
 from ..errors import ConfigError
-from ..fast import resolve_device
+from ..fast import autocast, resolve_device
 from ..hub import resolve
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.maskgit import guidance_context, guided_logits, token_logprob
@@ -36,6 +36,7 @@ from .dimo import DiMOSettings, aux_loss, generator_loss
 
 @dataclass
 class DiMOConfig(DistillConfig):
+    precisions = ("no", "bf16")
     kind = "distill_dimo"
     teacher: str = "muse-128"  # a masked model (a converted aMUSEd/Meissonic one too)
     batch_size: int = 16
@@ -142,7 +143,7 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
         reference_points(run, teacher, student_pipe, probe, g)
 
     remask = lambda tokens, gen: random_mask(tokens, tm.mask_id, gen)  # noqa: E731 - the teacher's schedule
-    grid = tcfg.grid
+    grid, precision = tcfg.grid, "bf16" if cfg.mixed_precision == "bf16" else "fp32"
     blank = torch.full((cfg.batch_size, grid, grid), tm.mask_id, device=device)
     bar = run.steps("dimo")
     for step in bar:
@@ -155,7 +156,7 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
             out_ = model(tokens, text)
             return out_.float().reshape(len(tokens), -1, out_.shape[-1])
 
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, device):
             cond = tm.prepare_text(text)
             ctx = guidance_context(cond, tm.prepare_text(empty).repeat(len(blank)), g) if g > 0 else cond
 
@@ -164,12 +165,14 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
 
         logs: dict[str, float] = {}
         for _ in range(cfg.aux_updates):
-            loss, logs_a = aux_loss(student, aux, logits_of, remask, blank, s, gen)
+            with autocast(precision, device):
+                loss, logs_a = aux_loss(student, aux, logits_of, remask, blank, s, gen)
             opt_a.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(aux.parameters(), cfg.grad_clip)
             opt_a.step()
-        loss, logs = generator_loss(student, aux, teacher_fn, logits_of, remask, blank, s, gen)
+        with autocast(precision, device):
+            loss, logs = generator_loss(student, aux, teacher_fn, logits_of, remask, blank, s, gen)
         opt_s.zero_grad(set_to_none=True)
         loss.backward()
         logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip).item()
