@@ -79,30 +79,35 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def machine_key() -> str:
-    """What the bf16-vs-fp32 answer depends on: the CPU, torch's kernels, the thread count."""
+    """What the bf16-vs-fp32 answer depends on: the CPU, torch's kernels, the thread count, and
+    the probe's version (2: warm-up untimed; version 1 timed bf16's kernel build and picked fp32
+    on AMX CPUs, so its answers are not reused)."""
     model = ""
     with contextlib.suppress(OSError):
         model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").open()
                       if line.startswith("model name")), "")
     return (f"{model or os.uname().machine} | {torch.backends.cpu.get_cpu_capability()} | "
-            f"torch {torch.__version__} | {torch.get_num_threads()} threads")
+            f"torch {torch.__version__} | {torch.get_num_threads()} threads | probe 2")
 
 
 def probe_linear(rows: int = 1024, dim: int = 256, repeat: int = 3) -> tuple[float, float]:
     """Best-of-`repeat` ms of a [rows, dim] x [dim, 4 dim] Linear (the transformer's MLP shape) in
-    fp32 and under bf16 autocast. A bf16 warm-up call over 4x the fp32 time ends the probe."""
+    fp32 and under bf16 autocast, each after an untimed warm-up call (bf16's first call builds
+    its kernels: on an AMX CPU it alone took 5x the fp32 time). A bf16 call over 4x the fp32
+    time ends the probe early."""
     x, w = torch.randn(rows, dim), torch.randn(4 * dim, dim)
 
     def best(cast: bool) -> float:
         times = []
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cast):
-            for _ in range(repeat + 1):  # the first call warms up
+            F.linear(x, w)  # warm-up
+            for _ in range(repeat):
                 t0 = time.perf_counter()
                 F.linear(x, w)
                 times.append(1000 * (time.perf_counter() - t0))
                 if cast and times[0] > 4 * fp32:
                     return times[0]  # AVX2: 7-170x slower, no need to measure it well
-        return min(times[1:])
+        return min(times)
 
     fp32 = best(False)
     return fp32, best(True)
