@@ -37,6 +37,18 @@ def run_pipeline(run: Path) -> tuple[Pipeline, TransformerTrainConfig]:
     return pipe, cfg
 
 
+def parse_set(items: list[str]) -> dict:
+    """--set NAME=VALUE items -> sampler overrides: ints, floats, words (order=halton), or
+    comma-separated lists of numbers."""
+    def value(x: str) -> int | float | str:
+        try:
+            return int(x) if x.lstrip("-").isdigit() else float(x)
+        except ValueError:
+            return x
+    return {k: [value(x) for x in v.split(",")] if "," in v else value(v)
+            for k, v in (item.split("=", 1) for item in items)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
@@ -47,8 +59,8 @@ def main() -> None:
     ap.add_argument("--world", nargs="+", type=int, default=[EVAL_WORLD],
                     help=f"shapes world seeds to draw the prompts from (default {EVAL_WORLD}: shapes-v1)")
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
-                    help="sampler defaults to override, e.g. noise=0 temperature=0.5 guidance_interval=0,0.5 "
-                         "(numbers; comma-separated for lists)")
+                    help="sampler defaults to override, e.g. steps=24 noise=0 guidance_interval=0,0.5 "
+                         "(comma-separated for lists)")
     ap.add_argument("--out", default=None, help="also write the markdown table here")
     ap.add_argument("--curves", default=None, help="write the runs' logged shapes accuracy curves here")
     a = ap.parse_args()
@@ -58,8 +70,7 @@ def main() -> None:
                    for k in ("shapes_overall",) if k in r]
         keys = [f"{run.name} shapes_overall" for run in a.runs]
         plot_curves(records, keys, title="shapes accuracy (logged during training) by step").save(a.curves)
-    overrides = {k: [float(x) for x in v.split(",")] if "," in v else float(v)
-                 for k, v in (item.split("=", 1) for item in a.set)}
+    overrides = parse_set(a.set)
     head = ["run", "tokenizer", "world", "order", "steps", "sampler", "overall", *CATEGORIES, "s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in a.runs:

@@ -98,6 +98,23 @@ def test_int8_folder_loads_what_quantizing_at_load_makes(tmp_path):
         Pipeline(stored.transformer, stored.tokenizer, stored.text_encoder, precision="fp32")
 
 
+def test_fp16_folder_holds_the_weights_rounded_to_half(tmp_path):
+    src = tiny_pipeline(tmp_path / "m")
+    assert main(["convert", str(src), str(tmp_path / "h"), "--precision", "fp16"]) == 0
+    out = tmp_path / "h"
+    from safetensors.torch import load_file
+
+    stored = load_file(out / "model.safetensors")
+    assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.float16}
+    assert (out / "model.safetensors").stat().st_size < 0.6 * (src / "model.safetensors").stat().st_size
+    full, half = Pipeline.from_pretrained(src), Pipeline.from_pretrained(out)
+    assert half.precision == full.precision
+    for (name, a), b in zip(full.transformer.state_dict().items(), half.transformer.state_dict().values(),
+                            strict=True):
+        assert b.dtype == a.dtype and torch.equal(b, a.half().to(a.dtype)), name
+    assert (out / "README.md").read_text() == (src / "README.md").read_text()
+
+
 def test_int8_weights_that_do_not_fit_the_config(tmp_path):
     out = convert_public(tiny_pipeline(tmp_path / "m"), tmp_path / "int8", "int8")
     from fastmuse.hub import load_checkpoint, save_checkpoint

@@ -6,7 +6,7 @@
                                text_encoder/ (the CLIP text model and its tokenizer files),
                                sampler.json (the reference's sampling defaults); with
                                precision "int8" (any source, ours too) the transformer is
-                               stored pre-quantized
+                               stored pre-quantized, with "fp16" in half precision
     export_amused(MODEL, OUT)  the reverse: a folder diffusers' AmusedPipeline loads
 
 Weights keep their names both ways (models/uvit.py and tokenizer/model.py use diffusers'
@@ -31,7 +31,7 @@ from .tokenizer import VQTokenizer
 DIFFUSERS_VERSION = "0.42.1"  # written into exported configs: the diffusers these were checked with
 # what a text encoder folder may hold (weights only as safetensors)
 TEXT_FILES = (".json", ".txt", ".model", ".safetensors")
-CONVERT_PRECISIONS = ("fp32", "int8")
+CONVERT_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def folder_files(folder: Path, prefix: str) -> dict[str, bytes]:
@@ -52,12 +52,14 @@ def _text_files(folder: Path) -> dict[str, bytes]:
 
 def convert_public(src: str | os.PathLike, out: str | os.PathLike, precision: str = "fp32") -> Path:
     """An aMUSEd or Meissonic folder, or a fastmuse model (folder or bundled name) -> a fastmuse
-    model folder; `precision` "int8" stores the transformer pre-quantized (int8.py). Loaded fully
-    first: a broken source fails here, before anything is written."""
+    model folder; `precision` "int8" stores the transformer pre-quantized (int8.py), "fp16" its
+    floating weights in half precision (half the file; computed in fp32 or the precision asked for
+    at load, as bundled models are). Loaded fully first: a broken source fails here, before
+    anything is written."""
     if precision not in CONVERT_PRECISIONS:
         raise ConfigError(f"precision is {precision!r}; accepted: {', '.join(CONVERT_PRECISIONS)}")
     folder = resolve(src)
-    pipe = Pipeline.from_pretrained(folder, precision=precision)
+    pipe = Pipeline.from_pretrained(folder, precision="int8" if precision == "int8" else "fp32")
     if (folder / "transformer").is_dir():
         files, card = _public_files(folder, pipe), _public_card(folder, out, pipe)
     else:  # ours: every other file travels unchanged
@@ -69,7 +71,7 @@ def convert_public(src: str | os.PathLike, out: str | os.PathLike, precision: st
         card += (f"\n## int8\n\nWritten by `fastmuse convert {src} {out} --precision int8`: every Linear "
                  "layer of the transformer stored as int8 weights with one scale per output channel "
                  "(quantization.json); it loads only with `--precision int8` or `auto`.\n")
-    return pipe.save_pretrained(out, card, files)
+    return pipe.save_pretrained(out, card, files, dtype="fp16" if precision == "fp16" else "fp32")
 
 
 def _public_files(src: Path, pipe: Pipeline) -> dict[str, bytes]:

@@ -20,7 +20,7 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert an aMUSEd or Meissonic folder to fastmuse's format, "
-                                       "or store a model as int8",
+                                       "or store a model as fp16 or int8",
                        description="Read an aMUSEd or Meissonic folder (transformer/ UVit2DModel or "
                                    "Transformer2DModel, vqvae/ VQModel, text_encoder/ CLIP, tokenizer/) "
                                    "and write one fastmuse model folder "
@@ -32,9 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "cores: 13 s -> about 1 s).")
     p.add_argument("src", help="an aMUSEd or Meissonic folder, or a fastmuse model folder or bundled name")
     p.add_argument("out", help="the fastmuse model folder to write (written atomically)")
-    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
-                   help="fp32: weights as they are (default); int8: the transformer's Linear layers "
-                        "pre-quantized (per-channel int8; the folder then loads only as int8)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="fp32: weights as they are (default); fp16: the transformer's weights stored "
+                        "in half precision (half the file, computed in fp32 or as --precision says at "
+                        "load); int8: its Linear layers pre-quantized (per-channel int8; the folder then "
+                        "loads only as int8)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("export", help="write a model in another format (diffusers aMUSEd)",

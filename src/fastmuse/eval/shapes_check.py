@@ -104,7 +104,7 @@ class Spec:
     count: int = 1
 
 
-def _relation_holds(a: Found, relation: str, b: Found) -> bool:
+def relation_holds(a: Found, relation: str, b: Found) -> bool:
     dx, dy = a.centre[0] - b.centre[0], a.centre[1] - b.centre[1]
     along, across = {"left of": (-dx, dy), "right of": (dx, dy), "above": (-dy, dx),
                      "below": (dy, dx)}[relation]
@@ -127,5 +127,5 @@ def check(found: list[Found], spec: Spec) -> bool:
     if spec.category == "colour_attribution":
         return bool(having(s0, c0)) and bool(having(*rest[0]))
     if spec.category == "position":
-        return any(_relation_holds(a, spec.relation, b) for a in having(s0, c0) for b in having(*rest[0]))
+        return any(relation_holds(a, spec.relation, b) for a in having(s0, c0) for b in having(*rest[0]))
     raise ValueError(f"unknown category {spec.category!r}")
