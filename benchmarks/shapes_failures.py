@@ -88,11 +88,15 @@ def main() -> None:
         name, pipe = load(model)
         pipe.defaults = dataclasses.replace(pipe.defaults, **overrides)
         for world in a.world:
-            _, images, items = shapes_accuracy(pipe, EvalSettings(seeds=a.seeds), tuple(a.categories), world)
+            settings = EvalSettings(seeds=a.seeds)
+            acc, images, items = shapes_accuracy(pipe, settings, tuple(a.categories), world)
             by_cat: dict[str, Counter] = {c: Counter() for c in a.categories}
             for k, im in enumerate(images):
                 spec = items[k // a.seeds].spec
                 by_cat[spec.category][outcome(detect(im), spec)] += 1
+            lines.append(f"| {name} | {world} | {' '.join(a.set) or 'default'} | overall | {len(images)} "
+                         f"| pass {acc['overall']:.3f} (mean of the categories) |")
+            print(lines[-1], flush=True)
             for cat, counts in by_cat.items():
                 n = sum(counts.values())
                 cells = ", ".join(f"{label} {c / n:.2f}" for label, c in counts.most_common())

@@ -63,13 +63,22 @@ class TwoLayerMLP(nn.Module):
         return self.linear_2(F.silu(self.linear_1(x)))
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm with its weight cast to the input's dtype: under bf16 autocast the input is
+    bf16, and an fp32 weight sends torch to its unfused kernel, with a warning on every run."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, w, self.eps)
+
+
 class Resample(nn.Module):
     """RMSNorm (channels-last) then a 2x2 stride-2 conv (down) or transposed conv (up)."""
 
     def __init__(self, ch: int, cfg: ReferenceConfig, up: bool) -> None:
         super().__init__()
         self.up = up
-        self.norm = nn.RMSNorm(ch, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
+        self.norm = RMSNorm(ch, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
         conv = nn.ConvTranspose2d if up else nn.Conv2d
         self.conv = conv(ch, ch, kernel_size=2, stride=2, bias=cfg.use_bias)
 

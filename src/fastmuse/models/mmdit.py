@@ -57,7 +57,7 @@ from ..config import check_size
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
-from .layers import ReferenceConfig, Resample, TwoLayerMLP, sinusoid
+from .layers import ReferenceConfig, Resample, RMSNorm, TwoLayerMLP, sinusoid
 from .rope import apply_rope, grid_ids, rope_table
 from .transformer import TextContext
 
@@ -230,15 +230,15 @@ class JointAttention(nn.Module):
         super().__init__()
         inner = heads * head_dim
         self.head_dim = head_dim
-        self.norm_q = nn.RMSNorm(head_dim, eps=1e-6)
-        self.norm_k = nn.RMSNorm(head_dim, eps=1e-6)
+        self.norm_q = RMSNorm(head_dim, eps=1e-6)
+        self.norm_k = RMSNorm(head_dim, eps=1e-6)
         self.to_q = nn.Linear(dim, inner)
         self.to_k = nn.Linear(dim, inner)
         self.to_v = nn.Linear(dim, inner)
         if joint:
             self.to_out = nn.ModuleList([nn.Linear(inner, dim)])  # diffusers' name: to_out.0
-            self.norm_added_q = nn.RMSNorm(head_dim, eps=1e-6)
-            self.norm_added_k = nn.RMSNorm(head_dim, eps=1e-6)
+            self.norm_added_q = RMSNorm(head_dim, eps=1e-6)
+            self.norm_added_k = RMSNorm(head_dim, eps=1e-6)
             self.add_q_proj = nn.Linear(dim, inner)
             self.add_k_proj = nn.Linear(dim, inner)
             self.add_v_proj = nn.Linear(dim, inner)
@@ -359,18 +359,18 @@ class MMDiT(PretrainedMixin, nn.Module):
         # the aMUSEd-style parts; Meissonic's embedding width ("in_channels_embed") is the width
         self.embed = nn.Module()
         self.embed.embeddings = nn.Embedding(cfg.vocab_size, d)
-        self.embed.layer_norm = nn.RMSNorm(d, eps, affine)
+        self.embed.layer_norm = RMSNorm(d, eps, affine)
         self.embed.conv = nn.Conv2d(d, d, 1, bias=bias)
         self.mlm_layer = nn.Module()
         self.mlm_layer.conv1 = nn.Conv2d(d, d, 1, bias=bias)
-        self.mlm_layer.layer_norm = nn.RMSNorm(d, eps, affine)
+        self.mlm_layer.layer_norm = RMSNorm(d, eps, affine)
         self.mlm_layer.conv2 = nn.Conv2d(d, cfg.codebook_size, 1, bias=bias)
         micro_dim = cfg.n_micro_conds * cfg.micro_cond_encode_dim  # Meissonic's micro_cond_embed_dim
         self.cond_embed = TwoLayerMLP(micro_dim + cfg.pooled_projection_dim, d, bias=bias)
-        self.encoder_proj_layer_norm = nn.RMSNorm(d, eps, affine)
-        self.project_to_hidden_norm = nn.RMSNorm(d, eps, affine)
+        self.encoder_proj_layer_norm = RMSNorm(d, eps, affine)
+        self.project_to_hidden_norm = RMSNorm(d, eps, affine)
         self.project_to_hidden = nn.Linear(d, d, bias=bias)
-        self.project_from_hidden_norm = nn.RMSNorm(d, eps, affine)
+        self.project_from_hidden_norm = RMSNorm(d, eps, affine)
         self.project_from_hidden = nn.Linear(d, d, bias=bias)
         self.down_block = ResampleBlock(cfg, downsample=cfg.downsample, upsample=False)
         self.up_block = ResampleBlock(cfg, downsample=False, upsample=cfg.upsample)

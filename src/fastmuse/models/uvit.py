@@ -29,7 +29,7 @@ from ..config import check_size
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
-from .layers import ReferenceConfig, Resample, TwoLayerMLP, sinusoid
+from .layers import ReferenceConfig, Resample, RMSNorm, TwoLayerMLP, sinusoid
 from .transformer import TextContext
 
 
@@ -157,9 +157,9 @@ class TransformerLayer(nn.Module):
     def __init__(self, cfg: UViTConfig) -> None:
         super().__init__()
         d, eps, affine, bias = cfg.hidden_size, cfg.layer_norm_eps, cfg.ln_elementwise_affine, cfg.use_bias
-        self.norm1 = AdaNorm(d, d, nn.RMSNorm(d, eps, affine), bias)
+        self.norm1 = AdaNorm(d, d, RMSNorm(d, eps, affine), bias)
         self.attn1 = Attention(d, cfg.num_attention_heads, d, bias)
-        self.norm2 = AdaNorm(d, d, nn.RMSNorm(d, eps, affine), bias)
+        self.norm2 = AdaNorm(d, d, RMSNorm(d, eps, affine), bias)
         self.attn2 = Attention(d, cfg.num_attention_heads, d, bias)
         self.norm3 = AdaNorm(d, d, nn.LayerNorm(d, eps, affine, bias=bias), bias)
         # diffusers' FeedForward: net.0 = GEGLU, net.1 = dropout, net.2 = output projection
@@ -184,7 +184,7 @@ class ConvNextBlock(nn.Module):
         super().__init__()
         bias = cfg.use_bias
         self.depthwise = nn.Conv2d(ch, ch, 3, padding=1, groups=ch, bias=bias)
-        self.norm = nn.RMSNorm(ch, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
+        self.norm = RMSNorm(ch, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
         self.channelwise_linear_1 = nn.Linear(ch, 4 * ch, bias=bias)
         self.channelwise_norm = GlobalResponseNorm(4 * ch)
         self.channelwise_linear_2 = nn.Linear(4 * ch, ch, bias=bias)
@@ -218,9 +218,9 @@ class ConvAttentionBlock(nn.Module):
         super().__init__()
         bias = cfg.use_bias
         self.kv_mapper = nn.Linear(cfg.hidden_size, ch, bias=bias) if ch != cfg.hidden_size else None
-        self.norm1 = nn.RMSNorm(ch, 1e-6)
+        self.norm1 = RMSNorm(ch, 1e-6)
         self.attn1 = Attention(ch, cfg.block_num_heads, ch, bias)
-        self.norm2 = nn.RMSNorm(ch, 1e-6)
+        self.norm2 = RMSNorm(ch, 1e-6)
         self.attn2 = Attention(ch, cfg.block_num_heads, ch, bias)
 
     def cross_attentions(self) -> list[Attention]:
@@ -263,22 +263,22 @@ class UViT(PretrainedMixin, nn.Module):
         eps, affine, bias = cfg.layer_norm_eps, cfg.ln_elementwise_affine, cfg.use_bias
         d, ch = cfg.hidden_size, cfg.block_out_channels
         self.encoder_proj = nn.Linear(cfg.encoder_hidden_size, d, bias=bias)
-        self.encoder_proj_layer_norm = nn.RMSNorm(d, eps, affine)
+        self.encoder_proj_layer_norm = RMSNorm(d, eps, affine)
         self.embed = nn.Module()
         self.embed.embeddings = nn.Embedding(cfg.vocab_size, cfg.in_channels)
-        self.embed.layer_norm = nn.RMSNorm(cfg.in_channels, eps, affine)
+        self.embed.layer_norm = RMSNorm(cfg.in_channels, eps, affine)
         self.embed.conv = nn.Conv2d(cfg.in_channels, ch, 1, bias=bias)
         self.cond_embed = TwoLayerMLP(cfg.micro_cond_embed_dim + cfg.cond_embed_dim, d, bias=bias)
         self.down_block = UViTBlock(cfg, downsample=cfg.downsample)
-        self.project_to_hidden_norm = nn.RMSNorm(ch, eps, affine)
+        self.project_to_hidden_norm = RMSNorm(ch, eps, affine)
         self.project_to_hidden = nn.Linear(ch, d, bias=bias)
         self.transformer_layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_hidden_layers))
-        self.project_from_hidden_norm = nn.RMSNorm(d, eps, affine)
+        self.project_from_hidden_norm = RMSNorm(d, eps, affine)
         self.project_from_hidden = nn.Linear(d, ch, bias=bias)
         self.up_block = UViTBlock(cfg, upsample=cfg.upsample)
         self.mlm_layer = nn.Module()
         self.mlm_layer.conv1 = nn.Conv2d(ch, cfg.in_channels, 1, bias=bias)
-        self.mlm_layer.layer_norm = nn.RMSNorm(cfg.in_channels, eps, affine)
+        self.mlm_layer.layer_norm = RMSNorm(cfg.in_channels, eps, affine)
         self.mlm_layer.conv2 = nn.Conv2d(cfg.in_channels, cfg.codebook_size, 1, bias=bias)
 
     @property
