@@ -84,6 +84,7 @@ def main() -> None:
     overrides = parse_set(a.set)
     lines = ["| model | world | sampler | category | images | outcomes (share of the category's images) |",
              "|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
     for model in a.models:
         name, pipe = load(model)
         pipe.defaults = dataclasses.replace(pipe.defaults, **overrides)
@@ -102,10 +103,8 @@ def main() -> None:
                 cells = ", ".join(f"{label} {c / n:.2f}" for label, c in counts.most_common())
                 lines.append(f"| {name} | {world} | {' '.join(a.set) or 'default'} | {cat} | {n} | {cells} |")
                 print(lines[-1], flush=True)
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if a.out:
-        atomic_write_text(a.out, table)
+    if a.out:  # the rows were printed as they came
+        atomic_write_text(a.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
