@@ -10,8 +10,12 @@ under its true caption and under a false one that differs in one word:
   counting  one more or one fewer ("three red squares" -> "two red squares")
   single    another shape ("a red square" -> "a red circle"): what a known word looks like
 Reported: how often the true caption scores higher (0.5: the model cannot tell) and the mean
-gap. If the direction is known here but samples still put objects the wrong way round, the
-sampler's parallel commits are to blame; if not, the model has not learnt it.
+gap. Then what the model reads: for caption pairs that differ in one word, the cosine of the
+text encoder's token states at the changed word, and of the keys every cross-attention layer
+makes of them (the lowest over layers): a pair the text side barely separates is one the
+image side can hardly learn to tell apart. If the likelihood knows a direction but samples
+still put objects the wrong way round, the sampler's parallel commits are to blame; if not,
+the model has not learnt it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+import torch.nn.functional as F
 
 from fastmuse.data.images import to_tensor
 from fastmuse.data.shapes import SHAPES, Scene, render_scene, scene_at
@@ -60,6 +65,26 @@ def scores(pipe: Pipeline, scenes: list[Scene], captions: list[str], passes: int
     return torch.cat(out)
 
 
+TEXT_PAIRS = [("a red square left of a green triangle", "a red square right of a green triangle"),
+              ("a red square above a green triangle", "a red square below a green triangle"),
+              ("a red square left of a green triangle", "a red square above a green triangle"),
+              ("a red square left of a green triangle", "a red circle left of a green triangle"),
+              ("three red squares", "two red squares"),
+              ("three red squares", "three red circles")]
+
+
+@torch.no_grad()
+def text_separation(pipe: Pipeline, a: str, b: str) -> tuple[float, float]:
+    """(cosine of the encoder's token states, lowest cosine of the cross-attention keys) at the
+    least similar position of two captions of equal token length."""
+    emb = pipe.text_encoder.encode([a, b])
+    n = int(emb.mask[0].sum())
+    states = F.cosine_similarity(emb.hidden[0, :n], emb.hidden[1, :n], dim=-1)
+    keys = [F.cosine_similarity(k[0].transpose(0, 1).flatten(1), k[1].transpose(0, 1).flatten(1), dim=-1)[:n]
+            for k, _ in pipe.transformer.prepare_text(emb).kv]
+    return states.min().item(), torch.stack(keys).min(0).values.min().item()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="muse-128", help="a masked model: bundled name or folder")
@@ -83,6 +108,10 @@ def main() -> None:
                - scores(pipe, scenes, [false_caption(s) for s in scenes], a.passes))
         print(f"| {cat} | {how[cat]} | {len(scenes)} | {(gap > 0).float().mean():.3f} | {gap.mean():.1f} |",
               flush=True)
+    print("\n| captions | token states cos | cross-attention keys cos (lowest layer) |\n|---|---|---|")
+    for x, y in TEXT_PAIRS:
+        states, keys = text_separation(pipe, x, y)
+        print(f"| {x} / {y} | {states:.3f} | {keys:.3f} |")
 
 
 if __name__ == "__main__":
