@@ -1,6 +1,6 @@
 """Does a masked model know which way a relation points? A likelihood test, no sampling.
 
-    python benchmarks/relation_probe.py [--model muse-128] [--world 12345] [--scenes 200]
+    python benchmarks/relation_probe.py [--model muse-128|RUN] [--world 12345] [--scenes 200]
 
 Scenes of a shapes world are rendered and tokenized (the tokenizer's round trip); each grid
 is scored twice by the model's token log-likelihood (`token_logprob`: the positions split
@@ -24,6 +24,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+from shapes_failures import load
 
 from fastmuse.data.images import to_tensor
 from fastmuse.data.shapes import SHAPES, Scene, render_scene, scene_at
@@ -87,12 +88,12 @@ def text_separation(pipe: Pipeline, a: str, b: str) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="muse-128", help="a masked model: bundled name or folder")
+    ap.add_argument("--model", default="muse-128", help="a masked model: name, folder or training run")
     ap.add_argument("--world", type=int, default=12345, help="shapes world of the scenes (default 12345)")
     ap.add_argument("--scenes", type=int, default=200, help="scenes per category (default 200)")
     ap.add_argument("--passes", type=int, default=4, help="masking groups of token_logprob (default 4)")
     a = ap.parse_args()
-    pipe = Pipeline.from_pretrained(a.model)
+    _, pipe = load(a.model)
     want = {"position": [], "counting": [], "single": []}
     index = 0
     while any(len(v) < a.scenes for v in want.values()):

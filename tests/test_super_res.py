@@ -46,12 +46,29 @@ def test_new_conditions_start_switched_off():
     why a warm start from a plain model begins where that model was."""
     torch.manual_seed(0)
     plain = MaskedTransformer(cfg())
-    both = MaskedTransformer(cfg(micro_conds=MICRO, low_res_grid=2))
+    both = MaskedTransformer(cfg(micro_conds=MICRO, low_res_grid=2, text_layers=1))
     both.load_state_dict(plain.state_dict(), strict=False)
     tokens = torch.randint(0, 17, (2, 4, 4))
     micro = torch.tensor([[64.0, 0, 0, 50], [90, 10, 3, float("nan")]])
     low = torch.randint(0, 16, (2, 2, 2))
     assert torch.equal(plain(tokens, text()), both(tokens, text(), micro=micro, low_res=low))
+
+
+def test_text_layers_learn_and_ignore_padding():
+    """Trained text layers change what the blocks read (once their weights move from zero),
+    and padded caption positions stay invisible to them."""
+    m = randomize(MaskedTransformer(cfg(text_layers=2)))
+    plain = MaskedTransformer(cfg())
+    plain.load_state_dict(m.state_dict(), strict=False)
+    tokens = torch.full((2, 4, 4), 16)
+    assert not torch.allclose(m(tokens, text()), plain.eval()(tokens, text()))
+    t = text()
+    t.mask[:, 2] = False
+    other = TextEmbedding(t.hidden.clone(), t.pooled, t.mask)
+    other.hidden[:, 2] += 5.0  # only a padded position changes
+    assert torch.allclose(m(tokens, t), m(tokens, other), atol=1e-5)
+    with pytest.raises(ConfigError, match="text_layers"):
+        cfg(text_layers=-1)
 
 
 def test_micro_conditions_steer_and_nan_is_unknown():

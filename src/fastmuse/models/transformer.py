@@ -74,14 +74,20 @@ class MaskedTransformerConfig(Config):
     # at 64 px it changed neither that nor the suite (docs/masked-vs-ar.md). Masked models only
     # (a causal one would see the future)
     local: bool = False
+    # transformer layers over the projected text states before the blocks read them (the text
+    # encoder stays frozen; residual, zero-initialised): MiniLM's states of opposite relation
+    # words are close (cosine 0.80 for "left" / "right" in the same caption) and cross-attention
+    # keys alone barely separated them (docs/masked-vs-ar.md part 9)
+    text_layers: int = 0
 
-    later_keys = ("rope", "local")
+    later_keys = ("rope", "local", "text_layers")
 
     def validate(self) -> None:
         for name in ("codebook_size", "grid", "dim", "depth", "heads", "text_dim", "pooled_dim",
                      "resolution"):
             check_size(name, getattr(self, name))
         check_range("mlp_ratio", self.mlp_ratio, 0.0)
+        check_range("text_layers", self.text_layers, 0)
         if self.dim % self.heads:
             raise ConfigError(f"'dim' is {self.dim}; accepted: a multiple of 'heads' ({self.heads})")
         if self.rope and (self.dim // self.heads) % 4:
@@ -114,6 +120,7 @@ class MaskedTransformerConfig(Config):
                 f"modulation from the pooled text{micro}; learned row + column position embeddings"
                 f"{' + 2D rotary embeddings in self-attention' if self.rope else ''}"
                 f"{'; a depthwise 3x3 conv over the token grid before each self-attention' * self.local}"
+                f"{f'; {self.text_layers} trained layers over the text states' * bool(self.text_layers)}"
                 f"{low}")
 
 
@@ -243,6 +250,8 @@ def text_context(model: nn.Module, text: TextEmbedding) -> TextContext:
                           f"{cfg.pooled_dim}); it was trained with the {cfg.text_encoder!r} encoder")
     dtype = model.dtype
     states = model.text_proj(text.hidden.to(dtype))
+    for layer in getattr(model, "text_mix", ()):
+        states = layer(states, src_key_padding_mask=~text.mask.bool())
     return TextContext(model.cond(text.pooled.to(dtype)), [blk.text_kv(states) for blk in model.blocks],
                        text.mask[:, None, None, :].bool())
 
@@ -279,6 +288,11 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
             self.micro = nn.Sequential(nn.Linear(k, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         if cfg.low_res_grid:
             self.low_emb = nn.Embedding(cfg.codebook_size, cfg.dim)
+        if cfg.text_layers:
+            self.text_mix = nn.ModuleList(
+                nn.TransformerEncoderLayer(cfg.dim, cfg.heads, int(cfg.mlp_ratio * cfg.dim), dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+                for _ in range(cfg.text_layers))
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, self.causal, cfg.local)
                                     for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
@@ -292,6 +306,10 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
             nn.init.zeros_(self.micro[2].weight)
         if cfg.low_res_grid:
             nn.init.zeros_(self.low_emb.weight)
+        for layer in getattr(self, "text_mix", ()):  # residual branches at zero: the identity
+            for out in (layer.self_attn.out_proj, layer.linear2):
+                nn.init.zeros_(out.weight)
+                nn.init.zeros_(out.bias)
 
     @property
     def mask_id(self) -> int:
