@@ -24,15 +24,12 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from shapes_failures import load
+from shapes_failures import OPPOSITE, load
 
 from fastmuse.data.images import to_tensor
-from fastmuse.data.shapes import SHAPES, Scene, render_scene, scene_at
+from fastmuse.data.shapes import COUNT_WORDS, SHAPES, Scene, render_scene, scene_at
 from fastmuse.pipeline import Pipeline
 from fastmuse.sampling.maskgit import guidance_context, token_logprob
-
-OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-WORDS = {2: "two", 3: "three", 4: "four"}
 
 
 def false_caption(scene: Scene) -> str:
@@ -42,7 +39,7 @@ def false_caption(scene: Scene) -> str:
         return scene.caption.replace(f" {rel} ", f" {OPPOSITE[rel]} ")
     if scene.category == "counting":
         n = len(scene.objects)
-        return scene.caption.replace(WORDS[n], WORDS[n - 1 if n > 2 else n + 1], 1)
+        return scene.caption.replace(COUNT_WORDS[n], COUNT_WORDS[n - 1 if n > 2 else n + 1], 1)
     shape = scene.objects[0].shape
     return scene.caption.replace(shape, SHAPES[(SHAPES.index(shape) + 1) % len(SHAPES)])
 
