@@ -1,9 +1,9 @@
 """Does a masked model know which way a relation points? A likelihood test, no sampling.
 
-    python benchmarks/relation_probe.py [--model muse-128|RUN] [--world 12345] [--scenes 200]
+    python benchmarks/relation_probe.py [--model muse-128|RUN] [--world 12345] [--scenes 200] [--out F.md]
 
 Scenes of a shapes world are rendered and tokenized (the tokenizer's round trip); each grid
-is scored twice by the model's token log-likelihood (`token_logprob`: the positions split
+is scored twice by the model's token log-likelihood (`Pipeline.caption_logprob`: the positions split
 into `--passes` groups, each masked in turn, summed over the grid; same groups both times):
 under its true caption and under a false one that differs in one word:
   position  the opposite relation ("... left of ..." -> "... right of ...")
@@ -28,8 +28,8 @@ from shapes_failures import OPPOSITE, load
 
 from fastmuse.data.images import to_tensor
 from fastmuse.data.shapes import COUNT_WORDS, SHAPES, Scene, render_scene, scene_at
+from fastmuse.fsutil import atomic_write_text
 from fastmuse.pipeline import Pipeline
-from fastmuse.sampling.maskgit import guidance_context, token_logprob
 
 
 def false_caption(scene: Scene) -> str:
@@ -49,16 +49,13 @@ def scores(pipe: Pipeline, scenes: list[Scene], captions: list[str], passes: int
            ) -> torch.Tensor:
     """[N] summed log-likelihood of each scene's tokens under the caption given for it (guided
     as the model's defaults say)."""
-    m, g = pipe.transformer, pipe.defaults.guidance
     out = []
     for i in range(0, len(scenes), batch):
         part = scenes[i:i + batch]
         images = torch.stack([to_tensor(render_scene(s, pipe.resolution)) for s in part])
         tokens = pipe.tokenizer.encode(images)
-        cond = m.prepare_text(pipe.text_encoder.encode(captions[i:i + batch]))
-        ctx = guidance_context(cond, pipe.uncond().repeat(len(part)), g) if g > 0 else cond
-        gen = torch.Generator().manual_seed(i)
-        lp = token_logprob(m, tokens, ctx, g if g > 0 else None, gen, passes)
+        lp = pipe.caption_logprob(tokens, captions[i:i + batch], pipe.defaults.guidance,
+                                  torch.Generator().manual_seed(i), passes)
         out.append(lp.flatten(1).sum(1))
     return torch.cat(out)
 
@@ -89,7 +86,14 @@ def main() -> None:
     ap.add_argument("--world", type=int, default=12345, help="shapes world of the scenes (default 12345)")
     ap.add_argument("--scenes", type=int, default=200, help="scenes per category (default 200)")
     ap.add_argument("--passes", type=int, default=4, help="masking groups of token_logprob (default 4)")
+    ap.add_argument("--out", default=None, help="also write the markdown tables here")
     a = ap.parse_args()
+    lines = []
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
     _, pipe = load(a.model)
     want = {"position": [], "counting": [], "single": []}
     index = 0
@@ -98,18 +102,19 @@ def main() -> None:
         index += 1
         if scene.category in want and len(want[scene.category]) < a.scenes:
             want[scene.category].append(scene)
-    print("| category | false caption | scenes | true caption scores higher | mean gap (nats per image) |")
-    print("|---|---|---|---|---|")
+    emit("| category | false caption | scenes | true caption scores higher | mean gap (nats per image) |")
+    emit("|---|---|---|---|---|")
     how = {"position": "opposite relation", "counting": "one more or fewer", "single": "another shape"}
     for cat, scenes in want.items():
         gap = (scores(pipe, scenes, [s.caption for s in scenes], a.passes)
                - scores(pipe, scenes, [false_caption(s) for s in scenes], a.passes))
-        print(f"| {cat} | {how[cat]} | {len(scenes)} | {(gap > 0).float().mean():.3f} | {gap.mean():.1f} |",
-              flush=True)
-    print("\n| captions | token states cos | cross-attention keys cos (lowest layer) |\n|---|---|---|")
+        emit(f"| {cat} | {how[cat]} | {len(scenes)} | {(gap > 0).float().mean():.3f} | {gap.mean():.1f} |")
+    emit("\n| captions | token states cos | cross-attention keys cos (lowest layer) |\n|---|---|---|")
     for x, y in TEXT_PAIRS:
         states, keys = text_separation(pipe, x, y)
-        print(f"| {x} / {y} | {states:.3f} | {keys:.3f} |")
+        emit(f"| {x} / {y} | {states:.3f} | {keys:.3f} |")
+    if a.out:
+        atomic_write_text(a.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def test_new_conditions_start_switched_off():
     why a warm start from a plain model begins where that model was."""
     torch.manual_seed(0)
     plain = MaskedTransformer(cfg())
-    both = MaskedTransformer(cfg(micro_conds=MICRO, low_res_grid=2, text_layers=1))
+    both = MaskedTransformer(cfg(micro_conds=MICRO, low_res_grid=2, text_layers=1, text_positions=4))
     both.load_state_dict(plain.state_dict(), strict=False)
     tokens = torch.randint(0, 17, (2, 4, 4))
     micro = torch.tensor([[64.0, 0, 0, 50], [90, 10, 3, float("nan")]])
@@ -69,6 +69,22 @@ def test_text_layers_learn_and_ignore_padding():
     assert torch.allclose(m(tokens, t), m(tokens, other), atol=1e-5)
     with pytest.raises(ConfigError, match="text_layers"):
         cfg(text_layers=-1)
+
+
+def test_text_positions_make_word_order_visible():
+    """Cross-attention alone reads the text states as a set: the same states in another order
+    give the same logits. Caption-position embeddings make the order count (which shape is the
+    subject of "left of"); captions longer than the embedded positions still work."""
+    tokens = torch.full((2, 4, 4), 16)
+    t = text()
+    flipped = TextEmbedding(t.hidden.flip(1), t.pooled, t.mask)
+    plain = randomize(MaskedTransformer(cfg()))
+    assert torch.allclose(plain(tokens, t), plain(tokens, flipped), atol=1e-5)
+    m = randomize(MaskedTransformer(cfg(text_positions=2)))
+    assert not torch.allclose(m(tokens, t), m(tokens, flipped), atol=1e-3)
+    assert m.text_pos.shape == (2, 32)  # 3 caption tokens, 2 embedded positions: the last is shared
+    with pytest.raises(ConfigError, match="text_positions"):
+        cfg(text_positions=-1)
 
 
 def test_micro_conditions_steer_and_nan_is_unknown():

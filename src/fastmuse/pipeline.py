@@ -39,6 +39,7 @@ from .models import DiT, MaskedTransformer, TextContext, load_transformer
 from .models.from_diffusers import load_diffusers_transformer
 from .models.transformer import low_res_grid, micro_names
 from .sampling.families import SAMPLER_FILE, Family, SamplerDefaults, SamplingRun, family_for
+from .sampling.maskgit import guidance_context, token_logprob
 from .text.encoders import TextEncoder, check_prompts, load_text_encoder
 from .tokenizer import VQTokenizer
 
@@ -172,6 +173,17 @@ class Pipeline(EditingMixin):
         if self._uncond is None:
             self._uncond = self.transformer.prepare_text(self.text_encoder.encode([""]))
         return self._uncond
+
+    @torch.no_grad()
+    def caption_logprob(self, tokens: torch.Tensor, prompts: list[str], guidance: float,
+                        generator: torch.Generator | None = None, passes: int = 4) -> torch.Tensor:
+        """[B, H, W] log-likelihood of each token of masked-model grids under its prompt
+        (token_logprob, guided when guidance > 0): how plausible the model finds an image for a
+        caption, e.g. a distillation student's output or a true vs a false caption."""
+        m = self.transformer
+        cond = m.prepare_text(self.text_encoder.encode(prompts))
+        ctx = guidance_context(cond, self.uncond().repeat(len(prompts)), guidance) if guidance > 0 else cond
+        return token_logprob(m, tokens, ctx, guidance if guidance > 0 else None, generator, passes)
 
     def micro_values(self, micro: dict[str, float | None] | None) -> torch.Tensor | None:
         """[1, K] micro-conditions: `micro` over the model's defaults (None = unknown); None for

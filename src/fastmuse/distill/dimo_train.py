@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..fast import autocast, resolve_device
 from ..hub import resolve
 from ..pipeline import Pipeline, SamplerDefaults
-from ..sampling.maskgit import guidance_context, guided_logits, token_logprob
+from ..sampling.maskgit import guidance_context, guided_logits
 from ..train.losses import random_mask
 from ..train.run import Run, step_generator, update_ema
 from .common import (
@@ -75,11 +75,7 @@ def load_teacher(name: str) -> Pipeline:
 @torch.no_grad()
 def teacher_logprob(teacher: Pipeline, tokens: torch.Tensor, prompts: list[str], guidance: float) -> float:
     """Mean log p_teacher(token | rest, text) of token grids: how plausible the teacher finds them."""
-    m = teacher.transformer
-    cond = m.prepare_text(teacher.text_encoder.encode(prompts))
-    ctx = guidance_context(cond, teacher.uncond().repeat(len(prompts)), guidance) if guidance > 0 else cond
-    gen = torch.Generator().manual_seed(0)
-    return token_logprob(m, tokens, ctx, guidance if guidance > 0 else None, gen).mean().item()
+    return teacher.caption_logprob(tokens, prompts, guidance, torch.Generator().manual_seed(0)).mean().item()
 
 
 def student_defaults(cfg: DiMOConfig) -> SamplerDefaults:

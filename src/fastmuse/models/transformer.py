@@ -79,8 +79,13 @@ class MaskedTransformerConfig(Config):
     # words are close (cosine 0.80 for "left" / "right" in the same caption) and cross-attention
     # keys alone barely separated them (docs/masked-vs-ar.md part 9)
     text_layers: int = 0
+    # a learned embedding of each caption position (this many), added to the projected text
+    # states (zero-initialised): MiniLM barely marks word order ("square" as the subject vs the
+    # object of "left of": cosine 0.965), so without it nothing tells the blocks which shape a
+    # relation's subject is (docs/masked-vs-ar.md part 10). 0: none
+    text_positions: int = 0
 
-    later_keys = ("rope", "local", "text_layers")
+    later_keys = ("rope", "local", "text_layers", "text_positions")
 
     def validate(self) -> None:
         for name in ("codebook_size", "grid", "dim", "depth", "heads", "text_dim", "pooled_dim",
@@ -88,6 +93,7 @@ class MaskedTransformerConfig(Config):
             check_size(name, getattr(self, name))
         check_range("mlp_ratio", self.mlp_ratio, 0.0)
         check_range("text_layers", self.text_layers, 0)
+        check_range("text_positions", self.text_positions, 0)
         if self.dim % self.heads:
             raise ConfigError(f"'dim' is {self.dim}; accepted: a multiple of 'heads' ({self.heads})")
         if self.rope and (self.dim // self.heads) % 4:
@@ -120,6 +126,7 @@ class MaskedTransformerConfig(Config):
                 f"modulation from the pooled text{micro}; learned row + column position embeddings"
                 f"{' + 2D rotary embeddings in self-attention' if self.rope else ''}"
                 f"{'; a depthwise 3x3 conv over the token grid before each self-attention' * self.local}"
+                f"{'; learned caption-position embeddings' * bool(self.text_positions)}"
                 f"{f'; {self.text_layers} trained layers over the text states' * bool(self.text_layers)}"
                 f"{low}")
 
@@ -250,6 +257,9 @@ def text_context(model: nn.Module, text: TextEmbedding) -> TextContext:
                           f"{cfg.pooled_dim}); it was trained with the {cfg.text_encoder!r} encoder")
     dtype = model.dtype
     states = model.text_proj(text.hidden.to(dtype))
+    if getattr(cfg, "text_positions", 0):  # words past the last embedded position share it
+        at = torch.arange(states.shape[1], device=states.device).clamp(max=cfg.text_positions - 1)
+        states = states + model.text_pos[at]
     for layer in getattr(model, "text_mix", ()):
         states = layer(states, src_key_padding_mask=~text.mask.bool())
     return TextContext(model.cond(text.pooled.to(dtype)), [blk.text_kv(states) for blk in model.blocks],
@@ -288,6 +298,8 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
             self.micro = nn.Sequential(nn.Linear(k, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         if cfg.low_res_grid:
             self.low_emb = nn.Embedding(cfg.codebook_size, cfg.dim)
+        if cfg.text_positions:
+            self.text_pos = nn.Parameter(torch.zeros(cfg.text_positions, cfg.dim))
         if cfg.text_layers:
             self.text_mix = nn.ModuleList(
                 nn.TransformerEncoderLayer(cfg.dim, cfg.heads, int(cfg.mlp_ratio * cfg.dim), dropout=0.0,
