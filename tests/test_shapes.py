@@ -26,6 +26,7 @@ from fastmuse.data.shapes import (
     build_shapes,
     is_val,
     nearest_colour,
+    parse_source,
     render_scene,
     scene_at,
 )
@@ -239,8 +240,26 @@ def test_stream_batches_with_the_default_collate():
     assert len(batch["caption"]) == 4 and json.loads(batch["scene"][0])["objects"]
 
 
+def test_category_filter_keeps_only_those_scenes():
+    """"shapes:SEED:CATS" (training focused on a weak category): the stream and the token
+    cache's items keep the same scenes, in world order, and only of those categories."""
+    from fastmuse.data.sources import open_dataset
+    from fastmuse.data.tokens import _items
+
+    stream = open_dataset("shapes:3:position,counting", 32)
+    items = list(itertools.islice(stream, 6))
+    assert {json.loads(i["scene"])["category"] for i in items} <= {"position", "counting"}
+    assert [i["index"] for i in items] == sorted(i["index"] for i in items)
+    cached = [caps[0] for _, caps in _items("shapes:3:position,counting", 32, "train", 6)]
+    assert cached == [i["caption"] for i in items]
+    assert parse_source("shapes:7") == (7, ())
+
+
 # -- arguments -------------------------------------------------------------------------------
 @pytest.mark.parametrize("make, needle", [
+    (lambda p: parse_source("shapes:x"), r"SEED an integer"),
+    (lambda p: parse_source("shapes:0:place"), r"unknown categories \['place'\]; accepted: .*position"),
+    (lambda p: parse_source("shapes:0:"), r"unknown categories"),
     (lambda p: build_shapes(p, n=0), r"n is 0; accepted: n >= 1"),
     (lambda p: build_shapes(p, n=1, resolution=16), r"resolution is 16; accepted: 32 <="),
     (lambda p: build_shapes(p, n=1, resolution=2048), r"resolution is 2048; .*<= 1024"),

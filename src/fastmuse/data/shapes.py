@@ -217,6 +217,22 @@ def sample_scene(rng: random.Random, resolution: int) -> Scene:
     raise RuntimeError(f"no {category} scene fitted in {_SCENE_TRIES} tries at {resolution}px")
 
 
+def parse_source(source: str) -> tuple[int, tuple[str, ...]]:
+    """"shapes:SEED" or "shapes:SEED:CAT[,CAT...]" -> (SEED, categories kept; () = all). A
+    category filter concentrates training on what a model gets wrong (e.g. position)."""
+    seed, sep, cats = source.removeprefix("shapes:").partition(":")
+    try:
+        world = int(seed)
+    except ValueError:
+        raise DataError(f"source {source!r}: expected shapes:SEED[:CATEGORIES], SEED an integer") from None
+    keep = tuple(c for c in cats.split(",") if c)
+    unknown = [c for c in keep if c not in CATEGORIES]
+    if unknown or (sep and not keep):
+        raise DataError(f"source {source!r}: unknown categories {unknown or [cats]}; accepted: a comma "
+                        f"list of {', '.join(CATEGORIES)}")
+    return world, keep
+
+
 def scene_at(seed: int, index: int, resolution: int) -> Scene:
     """Scene `index` of world `seed`: a string seed is stable across processes and Pythons."""
     return sample_scene(random.Random(f"shapes-{seed}-{index}"), resolution)
@@ -383,18 +399,21 @@ class ShapesStream(IterableDataset):
     """
 
     def __init__(self, seed: int = 0, resolution: int = 128, start_index: int = 0,
-                 val_fraction: float = VAL_FRACTION) -> None:
+                 val_fraction: float = VAL_FRACTION, categories: tuple[str, ...] = ()) -> None:
         _check_resolution(resolution)
         _check_val_fraction(val_fraction)
         if start_index < 0:
             raise DataError(f"start_index is {start_index}; accepted: start_index >= 0")
         self.seed, self.resolution = seed, resolution
         self.start_index, self.val_fraction = start_index, val_fraction
+        self.categories = categories  # () = all; else other scenes are skipped
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         slot, slots = reader_slot()
         for index in _train_indices(self.seed, self.val_fraction, self.start_index + slot, slots):
             scene = scene_at(self.seed, index, self.resolution)
+            if self.categories and scene.category not in self.categories:
+                continue
             yield {"image": to_tensor(render_scene(scene, self.resolution)),
                    "caption": scene.caption,
                    "scene": json.dumps(scene.to_dict(), sort_keys=True), "index": index}

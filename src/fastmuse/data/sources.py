@@ -1,6 +1,7 @@
 """One entry point from a data source string to a torch dataset, for trainers and the CLI.
 
-    shapes:SEED            the infinite procedural shapes stream (training)
+    shapes:SEED[:CATS]     the infinite procedural shapes stream (training); CATS: a comma
+                           list of scene categories to keep (e.g. shapes:0:position)
     DIR                    a folder dataset (captions.jsonl or side .txt captions)
     DIR of *.tar, or a brace pattern "shards/shard-{000000..000009}.tar"   WebDataset shards
 """
@@ -27,13 +28,10 @@ def open_dataset(
     (and shuffling/repeating for shards); evaluation uses center crops."""
     crop = "random" if train else "center"
     if source.startswith("shapes:"):
-        try:
-            shapes_seed = int(source.split(":", 1)[1])
-        except ValueError:
-            raise DataError(f"source {source!r}: expected shapes:SEED with an integer SEED") from None
-        from .shapes import ShapesStream
+        from .shapes import ShapesStream, parse_source
 
-        return ShapesStream(seed=shapes_seed, resolution=resolution)
+        shapes_seed, categories = parse_source(source)
+        return ShapesStream(seed=shapes_seed, resolution=resolution, categories=categories)
     path = Path(source)
     is_shards = ".tar" in source or (path.is_dir() and any(path.glob("*.tar"))
                                      and not (path / CAPTIONS).is_file())

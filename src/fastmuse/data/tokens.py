@@ -29,6 +29,7 @@ cache at 64 px pairs row for row with the R px cache (super-resolution data).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 from collections.abc import Iterator
@@ -89,20 +90,21 @@ class TokenData:
 def _items(source: str, resolution: int, split: str, limit: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
     """(image [3,R,R], [caption, *alternatives]) of one source's split, center-cropped."""
     if source.startswith("shapes:"):
-        from .shapes import is_val as shapes_is_val
-        from .shapes import render_scene, scene_at
-
-        seed = int(source.split(":", 1)[1])
         from .images import to_tensor
+        from .shapes import is_val as shapes_is_val
+        from .shapes import parse_source, render_scene, scene_at
 
-        index, found = 0, 0
-        while found < limit:
-            if shapes_is_val(seed, index) == (split == "val"):
-                scene = scene_at(seed, index, resolution)
+        seed, categories = parse_source(source)
+        found = 0
+        for index in itertools.count():
+            if found >= limit:
+                return
+            if shapes_is_val(seed, index) != (split == "val"):
+                continue
+            scene = scene_at(seed, index, resolution)
+            if not categories or scene.category in categories:
                 yield to_tensor(render_scene(scene, resolution)), [scene.caption]
                 found += 1
-            index += 1
-        return
     from .sources import open_dataset
 
     try:
