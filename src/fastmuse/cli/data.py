@@ -94,8 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     v = dsub.add_parser("preview", help="write a grid of samples from any data source",
                         description="Read a data source through the training loader and write "
-                                    "a grid: a folder (samples spread over it), .tar shards "
-                                    "(the first samples; brace patterns allowed) or shapes:SEED[:CATEGORIES].")
+                                    "a grid: a folder (samples spread over it), .tar shards (the "
+                                    "first samples; brace patterns allowed) or shapes:SEED[:CATEGORIES].")
     v.add_argument("source", help="folder, shards or shapes:SEED[:CATEGORIES] (e.g. shapes:0:position)")
     v.add_argument("-o", "--output", required=True, help="PNG to write")
     v.add_argument("--n", type=positive("--n"), default=32, help="samples (default 32)")
