@@ -406,7 +406,8 @@ class ShapesStream(IterableDataset):
             raise DataError(f"start_index is {start_index}; accepted: start_index >= 0")
         self.seed, self.resolution = seed, resolution
         self.start_index, self.val_fraction = start_index, val_fraction
-        self.categories = categories  # () = all; else other scenes are skipped
+        # () = all; else other scenes are skipped (start_index still counts every train scene)
+        self.categories = categories
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         slot, slots = reader_slot()
