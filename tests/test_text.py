@@ -1,11 +1,13 @@
-"""Text encoders: the default MiniLM, local CLIP/T5/BERT folders, the embedding cache."""
+"""Text encoders: the default MiniLM, local CLIP/T5/BERT folders, the embedding cache, caption rules."""
 
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel
 
-from fastmuse.errors import CheckpointError, DataError
+from fastmuse.errors import CheckpointError, ConfigError, DataError
+from fastmuse.models.transformer import MaskedTransformerConfig
 from fastmuse.text import EmbeddingCache, TextEmbedding, load_text_encoder
+from fastmuse.text.captions import canonical_relations
 from helpers import tiny_text_encoder
 
 PROMPTS = ["a red heart", "two blue stars left of a green circle"]
@@ -94,3 +96,30 @@ def test_embedding_cat_pads():
     b = TextEmbedding(torch.ones(2, 5, 4), torch.ones(2, 3), torch.ones(2, 5, dtype=torch.bool))
     c = TextEmbedding.cat([a, b])
     assert c.hidden.shape == (3, 5, 4) and c.mask[0].tolist() == [True, True, False, False, False]
+
+
+@pytest.mark.parametrize("caption, canonical", [
+    ("a blue square right of a yellow star", "a yellow star left of a blue square"),
+    ("a red circle below a green heart", "a green heart above a red circle"),
+    ("a cat is to the right of a dog.", "a dog is to the left of a cat."),
+    ("a blue square left of a yellow star", "a blue square left of a yellow star"),  # already canonical
+    ("a cat above a dog below a tree", "a cat above a dog below a tree"),  # two relations: as written
+    ("the right hand", "the right hand"),
+    ("two yellow stars", "two yellow stars"),
+])
+def test_canonical_relations(caption, canonical):
+    assert canonical_relations(caption) == canonical
+
+
+def test_caption_rule_is_applied_by_the_encoder(minilm):
+    enc = minilm
+    canon = enc.with_caption_rule("canonical_relations")
+    assert canon.model is enc.model and enc.caption_rule == ""  # same weights, the original untouched
+    same = canon.encode(["a red circle below a green heart", "a green heart above a red circle"])
+    torch.testing.assert_close(same.hidden[0], same.hidden[1])
+    plain = enc.encode(["a red circle below a green heart", "a green heart above a red circle"])
+    assert not torch.allclose(plain.hidden[0], plain.hidden[1])
+    with pytest.raises(ConfigError, match="'caption_rule' is 'flip'; accepted: '', 'canonical_relations'"):
+        enc.with_caption_rule("flip")
+    with pytest.raises(ConfigError, match="caption_rule"):
+        MaskedTransformerConfig(caption_rule="flip")

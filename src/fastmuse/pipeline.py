@@ -90,7 +90,8 @@ class Pipeline(EditingMixin):
         self.transformer = compile_forward(transformer) if compile else transformer
         # channels-last convolutions: the VQ decoder runs 15% faster on CPU, same result to rounding
         self.tokenizer = tokenizer.eval().to(memory_format=torch.channels_last)
-        self.text_encoder = text_encoder
+        # the caption rule the transformer was trained with (a shared encoder may carry another)
+        self.text_encoder = text_encoder.with_caption_rule(getattr(cfg, "caption_rule", ""))
         self._uncond = None
         self.upsamplers: list[Pipeline] = []  # super-resolution stages run after this one (from_stages)
 

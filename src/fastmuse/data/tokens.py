@@ -187,6 +187,8 @@ def build_token_data(sources: list[str], tokenizer, encoder, resolution: int, ca
             "version": 1}
     if views is not None:  # only then, so that caches built before views keep their hash
         info["views"] = {"read_resolution": views[0], "crops": views[1]}
+    if encoder.caption_rule:  # likewise
+        info["caption_rule"] = encoder.caption_rule
     folder = Path(cache_dir) / cache_key(info)
     if (folder / INFO).is_file():
         return TokenData.load(folder)

@@ -36,6 +36,7 @@ from torch import nn
 from ..config import Config, check_range, check_size
 from ..errors import ConfigError
 from ..hub import PretrainedMixin
+from ..text.captions import check_caption_rule
 from ..text.encoders import TextEmbedding
 from .layers import modulate, sinusoid
 from .rope import apply_rope, grid_ids, rope_table
@@ -84,8 +85,11 @@ class MaskedTransformerConfig(Config):
     # object of "left of": cosine 0.965), so without it nothing tells the blocks which shape a
     # relation's subject is (docs/masked-vs-ar.md part 10). 0: none
     text_positions: int = 0
+    # the rewrite every caption gets before the text encoder, in training and at inference
+    # (text/captions.py): "canonical_relations" states each relation one way per axis
+    caption_rule: str = ""
 
-    later_keys = ("rope", "local", "text_layers", "text_positions")
+    later_keys = ("rope", "local", "text_layers", "text_positions", "caption_rule")
 
     def validate(self) -> None:
         for name in ("codebook_size", "grid", "dim", "depth", "heads", "text_dim", "pooled_dim",
@@ -94,6 +98,7 @@ class MaskedTransformerConfig(Config):
         check_range("mlp_ratio", self.mlp_ratio, 0.0)
         check_range("text_layers", self.text_layers, 0)
         check_range("text_positions", self.text_positions, 0)
+        check_caption_rule(self.caption_rule)
         if self.dim % self.heads:
             raise ConfigError(f"'dim' is {self.dim}; accepted: a multiple of 'heads' ({self.heads})")
         if self.rope and (self.dim // self.heads) % 4:

@@ -9,11 +9,13 @@
                   T5 (T5EncoderModel): hidden = last layer, pooled = masked mean;
                   any other encoder (BERT-like): as minilm.
 
-Prompts longer than the encoder's limit are truncated with a warning.
+Prompts longer than the encoder's limit are truncated with a warning. An encoder may carry a
+caption rule (text/captions.py) that rewrites every prompt before it is encoded.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from .captions import CAPTION_RULES, check_caption_rule
 
 DEFAULT_TEXT_ENCODER = "minilm"
 MINILM_MAX_LENGTH = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
@@ -84,6 +87,7 @@ class TextEncoder(nn.Module):
             raise ValueError(f"family {family!r}")
         self.model, self.tokenizer, self.family = model.eval().requires_grad_(False), tokenizer, family
         self.name, self.max_length = name, max_length
+        self.caption_rule = ""  # text/captions.py; set with with_caption_rule
         cfg = model.config
         self.hidden_dim = int(getattr(cfg, "hidden_size", None) or cfg.d_model)
         self.pooled_dim = int(getattr(cfg, "projection_dim", 0)) if family == "clip" else self.hidden_dim
@@ -92,9 +96,18 @@ class TextEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def with_caption_rule(self, rule: str) -> TextEncoder:
+        """This encoder (the same weights, not a copy of them) applying caption rule `rule`."""
+        if rule == self.caption_rule:
+            return self
+        other = copy.copy(self)  # shares the submodules
+        other.caption_rule = check_caption_rule(rule)
+        return other
+
     @torch.no_grad()
     def encode(self, prompts: list[str] | str) -> TextEmbedding:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompts = [CAPTION_RULES[self.caption_rule](p) for p in prompts]
         long = [p for p, ids in zip(prompts, self.tokenizer(prompts)["input_ids"], strict=True)
                 if len(ids) > self.max_length]
         if long:

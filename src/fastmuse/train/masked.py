@@ -340,7 +340,8 @@ def train_transformer(cfg: TransformerTrainConfig, out: str | Path, resume: bool
     # moves below); the steps then create nothing without naming a device (tests/test_device.py).
     with torch.device("cpu"):
         tokenizer = VQTokenizer.from_pretrained(cfg.tokenizer)
-        encoder = load_text_encoder(cfg.text_encoder)
+        rule = getattr(cfg.model, "caption_rule", "")
+        encoder = load_text_encoder(cfg.text_encoder).with_caption_rule(rule)
         mcfg = model_config(cfg, tokenizer, encoder)
         cfg = cfg.replace(model=mcfg)
         with acc.main_process_first():  # one process builds the cache, the others load it
