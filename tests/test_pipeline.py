@@ -81,18 +81,16 @@ def test_cli_bad_input(model_dir, tmp_path, capsys, args, match):
     assert code in (1, 2) and match in err and "Traceback" not in err
 
 
-def test_caption_rule_of_the_model_applies_to_prompts(model_dir, tmp_path):
-    """A model trained with canonical relation captions reads "A below B" as "B above A"."""
-    import json
-    import shutil
+def test_caption_rule_of_the_model_applies_to_prompts(pipe):
+    """A model trained with canonical relation captions reads "A below B" as "B above A"; a
+    shared encoder gets the rule without changing for its other users."""
+    from fastmuse.models import MaskedTransformer
 
-    folder = shutil.copytree(model_dir, tmp_path / "canon")
-    cfg = json.loads((folder / "transformer/config.json").read_text())
-    (folder / "transformer/config.json").write_text(json.dumps({**cfg, "caption_rule": "canonical_relations"}))
-    canon = Pipeline.from_pretrained(folder)
-    assert canon.text_encoder.caption_rule == "canonical_relations"
-    below, above = "a red circle below a green heart", "a green heart above a red circle"
-    assert torch.equal(canon.generate_tokens(below, seed=1), canon.generate_tokens(above, seed=1))
-    plain = Pipeline.from_pretrained(model_dir)
-    assert plain.text_encoder.caption_rule == ""
-    assert not torch.equal(plain.generate_tokens(below, seed=1), plain.generate_tokens(above, seed=1))
+    model = MaskedTransformer(pipe.transformer.config.replace(caption_rule="canonical_relations"))
+    model.load_state_dict(pipe.transformer.state_dict())
+    canon = Pipeline(model, pipe.tokenizer, pipe.text_encoder, pipe.defaults)
+    assert canon.text_encoder.caption_rule == "canonical_relations" and pipe.text_encoder.caption_rule == ""
+    seen, tokenize = [], canon.text_encoder.tokenizer
+    canon.text_encoder.tokenizer = lambda prompts, **kw: seen.extend(prompts) or tokenize(prompts, **kw)
+    canon.generate_tokens("a red circle below a green heart", seed=1)
+    assert "a green heart above a red circle" in seen and "a red circle below a green heart" not in seen

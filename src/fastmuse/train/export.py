@@ -101,7 +101,7 @@ def export_run(run: str | Path, out: str | Path, name: str, notes: str = "",
 ## Model
 - {params / 1e6:.1f}M parameters: {mc.describe()}; {mc.codebook_size}-way logits (+1 {extra_id} id).
   Stored as {dtype} (computed in fp32 or the precision asked for).
-- Text encoder: `{mc.text_encoder}` ({mc.text_dim}-d token states, {mc.pooled_dim}-d pooled), frozen.
+- Text encoder: {encoder_text(mc)}
 - Image tokenizer: `{mc.tokenizer}`, frozen.
 - Sampling defaults (`sampler.json`): {json.dumps(vars(d))}.
 
@@ -184,6 +184,16 @@ def card_grid(pipe: Pipeline, name: str) -> tuple[Image.Image, str]:
             f"`fastmuse generate {' '.join(repr(p) for p in CARD_PROMPTS[:2])} ... --n 4 --seed 0 "
             f"--model {name}`.")
     return grid, line
+
+
+def encoder_text(mc) -> str:
+    """The card's text encoder line, with the caption rule the model was trained with."""
+    text = f"`{mc.text_encoder}` ({mc.text_dim}-d token states, {mc.pooled_dim}-d pooled), frozen."
+    if not mc.caption_rule:
+        return text
+    return text + (f"\n  Caption rule `{mc.caption_rule}` (src/fastmuse/text/captions.py), in training and "
+                   "on every\n  prompt: \"A right of B\" is read as \"B left of A\", \"A below B\" as "
+                   "\"B above A\".")
 
 
 def heldout_table(ev: dict, ar: bool) -> str:
