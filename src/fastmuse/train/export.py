@@ -189,7 +189,7 @@ def card_grid(pipe: Pipeline, name: str) -> tuple[Image.Image, str]:
 def encoder_text(mc) -> str:
     """The card's text encoder line, with the caption rule the model was trained with."""
     text = f"`{mc.text_encoder}` ({mc.text_dim}-d token states, {mc.pooled_dim}-d pooled), frozen."
-    if not mc.caption_rule:
+    if not getattr(mc, "caption_rule", ""):  # public architectures have none
         return text
     return text + (f"\n  Caption rule `{mc.caption_rule}` (src/fastmuse/text/captions.py), in training and "
                    "on every\n  prompt: \"A right of B\" is read as \"B left of A\", \"A below B\" as "
