@@ -117,6 +117,9 @@ def main() -> None:
         for name, keep in rows.items():
             g = gap[keep]
             emit(f"| {name} | {how[cat]} | {len(g)} | {(g > 0).float().mean():.3f} | {g.mean():.1f} |")
+    if pipe.text_encoder.caption_rule:  # e.g. "A right of B" reaches the encoder as "B left of A"
+        emit(f"\nCaptions as written; the model's caption rule `{pipe.text_encoder.caption_rule}` rewrites "
+             "them before the text encoder (src/fastmuse/text/captions.py).")
     emit("\n| captions | token states cos | cross-attention keys cos (lowest layer) |\n|---|---|---|")
     for x, y in TEXT_PAIRS:
         states, keys = text_separation(pipe, x, y)
