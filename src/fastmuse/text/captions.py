@@ -25,6 +25,7 @@ _ANY_RELATION = re.compile(r"\b(left|right|above|below)\b", re.IGNORECASE)
 
 
 def canonical_relations(caption: str) -> str:
+    """"A right of B" is read as "B left of A", "A below B" as "B above A"."""
     m = _RELATION.fullmatch(caption.strip())
     if m is None or _ANY_RELATION.search(m["a"]) or _ANY_RELATION.search(m["b"]):
         return caption
@@ -37,7 +38,8 @@ def canonical_relations(caption: str) -> str:
 CAPTION_RULES = {"": lambda caption: caption, "canonical_relations": canonical_relations}
 
 
-def check_caption_rule(rule: str, name: str = "caption_rule") -> str:
+def check_caption_rule(rule: str) -> str:
     if rule not in CAPTION_RULES:
-        raise ConfigError(f"'{name}' is {rule!r}; accepted: " + ", ".join(repr(r) for r in CAPTION_RULES))
+        accepted = ", ".join(repr(r) for r in CAPTION_RULES)
+        raise ConfigError(f"'caption_rule' is {rule!r}; accepted: {accepted}")
     return rule

@@ -17,6 +17,7 @@ from ..hub import stored
 from ..models import DiT, Transformer, load_transformer
 from ..models.transformer import low_res_grid, micro_names
 from ..pipeline import Pipeline, SamplerDefaults
+from ..text.captions import CAPTION_RULES
 from ..text.encoders import load_text_encoder
 from ..tokenizer import VQTokenizer
 from .masked import (
@@ -191,9 +192,8 @@ def encoder_text(mc) -> str:
     text = f"`{mc.text_encoder}` ({mc.text_dim}-d token states, {mc.pooled_dim}-d pooled), frozen."
     if not getattr(mc, "caption_rule", ""):  # public architectures have none
         return text
-    return text + (f"\n  Caption rule `{mc.caption_rule}` (src/fastmuse/text/captions.py), in training and "
-                   "on every\n  prompt: \"A right of B\" is read as \"B left of A\", \"A below B\" as "
-                   "\"B above A\".")
+    return (f"{text}\n  Caption rule `{mc.caption_rule}` (src/fastmuse/text/captions.py), in training and "
+            f"on every\n  prompt: {CAPTION_RULES[mc.caption_rule].__doc__}")
 
 
 def heldout_table(ev: dict, ar: bool) -> str:
