@@ -15,7 +15,7 @@ from fastmuse.data.shapes import Obj, render_scene
 from fastmuse.eval.distribution import fd, frechet_distance, kid, tf_resize
 from fastmuse.eval.shapes_check import check, detect
 from fastmuse.eval.shapes_suite import render_item, suite_items, validate_checker
-from fastmuse.eval.suite import EvalSettings, evaluate, table
+from fastmuse.eval.suite import EvalSettings, emoji_entries, evaluate, table
 from fastmuse.eval.tokenizer import evaluate_recon
 from fastmuse.pipeline import Pipeline
 from helpers import tiny_pipeline
@@ -98,11 +98,15 @@ def test_evaluate_end_to_end(model_dir, tmp_path, monkeypatch):
     from fastmuse.data import emoji
 
     val = [e for e in emoji.catalogue() if e.split == "val"][:3]
-    monkeypatch.setattr(emoji, "catalogue", lambda: val)
+    train = [e for e in emoji.catalogue() if e.split == "train"][:7]
+    monkeypatch.setattr(emoji, "catalogue", lambda: train + val)
     s = EvalSettings(seeds=1, steps=2, batch_sizes=(1, 2))
     r = evaluate(str(model_dir), ["shapes", "emoji", "speed", "tokenizer"], tmp_path / "run", s)
     assert r["shapes"]["images"] == 72 and 0 <= r["shapes"]["accuracy"]["overall"] <= 1
     assert r["emoji"]["real"] == 3 and r["emoji"]["fid"] > 0 and 0 <= r["emoji"]["retrieval_r1"] <= 1
+    # in-distribution FD: as many training emoji as held-out ones, spread over the training list
+    assert r["emoji"]["train"]["real"] == 3 and r["emoji"]["train"]["fid"] > 0
+    assert [e.caption for e in emoji_entries("train")] == [train[k].caption for k in (0, 2, 4)]
     assert r["speed"]["network_evaluations"] == 4 and r["speed"]["by_batch"]["2"]["images_per_second"] > 0
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["shapes"]["accuracy"] == r["shapes"]["accuracy"]
@@ -114,7 +118,7 @@ def test_evaluate_end_to_end(model_dir, tmp_path, monkeypatch):
     assert r["tokenizer"]["codes_used"]["emoji_val"] == direct["codes_used"]
     assert r["tokenizer"]["shapes_scenes"]["images"] == 72 and (tmp_path / "run" / "tokenizer.png").is_file()
     row = table([r]).splitlines()[2]
-    assert f"| {direct['psnr']:.2f} |" in row and row.count("|") == 22
+    assert f"| {direct['psnr']:.2f} |" in row and row.count("|") == 23
     flat = r["tokenizer"]["flat"]
     assert set(flat["modal_share"]) == {"64", "128", "256"} and 0 < flat["min_modal_share"] <= 1
     assert row.endswith(f"| {flat['min_modal_share']:.3f} |")

@@ -264,7 +264,7 @@ def suite_quality(pipe: Pipeline, seeds: int, steps: int, guidance: float) -> di
     from .suite import EvalSettings, eval_emoji, eval_shapes
 
     s = EvalSettings(seeds=seeds, steps=steps, guidance=guidance)
-    shapes, emoji = eval_shapes(pipe, s)[0], eval_emoji(pipe, s)[0]
+    shapes, emoji = eval_shapes(pipe, s)[0], eval_emoji(pipe, s, ("val",))[0]
     return {"shapes_overall": round(shapes["accuracy"]["overall"], 4), "fd": round(emoji["fid"], 2),
             "kid": round(emoji["kid"], 5)}
 

@@ -4,7 +4,8 @@ Suites:
   shapes  compositional accuracy by category (shapes_suite, checked from pixels)
   emoji   FID and KID of images generated from the held-out emoji captions against renders
           of those emoji, and retrieval R@1: is a generated image's nearest real image (cosine,
-          same features) the emoji it was asked for
+          same features) the emoji it was asked for; the same for as many training emoji
+          (in-distribution: how much of the val gap is generalisation)
   speed   seconds per image at several batch sizes, network evaluations, peak RSS
   tokenizer  the model's VQ tokenizer alone: PSNR, SSIM, codebook usage and code perplexity of
           round trips of the held-out emoji renders and the shapes suite's ground-truth scenes,
@@ -71,21 +72,42 @@ def eval_shapes(pipe: Pipeline, s: EvalSettings) -> tuple[dict, object]:
     return {"suite": SUITE_VERSION, "images": len(images), "accuracy": accuracy}, grid
 
 
-def eval_emoji(pipe: Pipeline, s: EvalSettings) -> tuple[dict, object]:
+def emoji_entries(split: str) -> list[emoji.Emoji]:
+    """The emoji the suite scores: every held-out one ("val"), or as many training emoji spread
+    evenly through the catalogue ("train"; FD depends on the sample size, so the sets are equal)."""
+    val = [e for e in emoji.catalogue() if e.split == "val"]
+    if split == "val":
+        return val
+    train = [e for e in emoji.catalogue() if e.split == "train"]
+    return train[::max(1, len(train) // max(1, len(val)))][:len(val)]
+
+
+def eval_emoji(pipe: Pipeline, s: EvalSettings,
+               splits: tuple[str, ...] = ("val", "train")) -> tuple[dict, object]:
+    """FD, KID and R@1 on the held-out emoji (top-level keys) and, when `splits` has "train",
+    on as many training emoji (under "train"); the grid shows the held-out ones."""
     from .distribution import InceptionFeatures, fd, kid
 
-    val = [e for e in emoji.catalogue() if e.split == "val"]
-    real = [emoji.render(e, pipe.resolution) for e in val]
-    images = _generate(pipe, [e.caption for e in val], s, "emoji")
     features = InceptionFeatures()
-    fr, fg = features(real), features(images)
-    unit = lambda f: f / np.linalg.norm(f, axis=1, keepdims=True)  # noqa: E731
-    nearest = (unit(fg) @ unit(fr).T).argmax(1)
-    r1 = float((nearest == np.arange(len(images)) // s.seeds).mean())
-    grid = make_grid(images[::s.seeds][:24], ncols=8, captions=[e.caption for e in val[:24]])
-    return {"features": features.name, "real": len(real), "generated": len(images),
-            "fid": fd(fg, fr), "kid": kid(fg, fr), "retrieval_r1": r1,
-            "retrieval_chance": 1 / len(real)}, grid
+    result, grid = {"features": features.name}, None
+    for split in splits:
+        entries = emoji_entries(split)
+        if not entries:
+            continue
+        real = [emoji.render(e, pipe.resolution) for e in entries]
+        images = _generate(pipe, [e.caption for e in entries], s, f"emoji {split}")
+        fr, fg = features(real), features(images)
+        unit = lambda f: f / np.linalg.norm(f, axis=1, keepdims=True)  # noqa: E731
+        nearest = (unit(fg) @ unit(fr).T).argmax(1)
+        scores = {"real": len(real), "generated": len(images), "fid": fd(fg, fr), "kid": kid(fg, fr),
+                  "retrieval_r1": float((nearest == np.arange(len(images)) // s.seeds).mean()),
+                  "retrieval_chance": 1 / len(real)}
+        if split == "val":
+            result.update(scores)
+            grid = make_grid(images[::s.seeds][:24], ncols=8, captions=[e.caption for e in entries[:24]])
+        else:
+            result[split] = scores
+    return result, grid
 
 
 def eval_speed(pipe: Pipeline, s: EvalSettings) -> dict:
@@ -151,7 +173,8 @@ def table(results: list[dict]) -> str:
     """Markdown: one row per evaluated (model, steps, guidance), metrics as columns
     (the tokenizer's on the held-out emoji renders)."""
     head = ["model", "steps", "guidance", "shapes overall", "single", "colour", "two obj", "counting",
-            "colour attr", "position", "emoji FID", "KID x1e3", "R@1", "s/img (b=1)", "img/s (b=16)", "NFE",
+            "colour attr", "position", "emoji FID", "emoji FID (train)", "KID x1e3", "R@1", "s/img (b=1)",
+            "img/s (b=16)", "NFE",
             "VQ PSNR", "VQ SSIM", "codebook use", "shapes code ppl", "flat modal share"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -160,7 +183,8 @@ def table(results: list[dict]) -> str:
         tok = r.get("tokenizer", {})
         cells = [r["model"], r["steps"], r["guidance"],
                  *(f"{acc[k]:.3f}" if k in acc else "" for k in ("overall", *CATEGORIES)),
-                 f"{em['fid']:.1f}" if em else "", f"{em['kid'] * 1e3:.1f}" if em else "",
+                 f"{em['fid']:.1f}" if em else "", f"{em['train']['fid']:.1f}" if "train" in em else "",
+                 f"{em['kid'] * 1e3:.1f}" if em else "",
                  f"{em['retrieval_r1']:.3f}" if em else "",
                  f"{sp['1']['seconds_per_image']:.2f}" if "1" in sp else "",
                  f"{sp['16']['images_per_second']:.2f}" if "16" in sp else "",
