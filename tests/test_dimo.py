@@ -227,7 +227,7 @@ def test_run_resumes_exactly_and_the_student_loads(teacher, tmp_path):
     assert main(["eval", "--model", str(student_dir), "--suite", "speed", "--steps", "12,6",
                  "--out", str(tmp_path / "eval")]) == 0
     row = (tmp_path / "eval/results.md").read_text().splitlines()[2]
-    assert row.count("|") == 22 and row.rstrip(" |").endswith("| 1")  # one row, one network evaluation
+    assert row.count("|") == 23 and row.rstrip(" |").endswith("| 1")  # one row, one network evaluation
 
 
 def test_cli_and_bad_teachers(teacher, tmp_path, capsys):
