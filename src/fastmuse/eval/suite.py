@@ -75,10 +75,11 @@ def eval_shapes(pipe: Pipeline, s: EvalSettings) -> tuple[dict, object]:
 def emoji_entries(split: str) -> list[emoji.Emoji]:
     """The emoji the suite scores: every held-out one ("val"), or as many training emoji spread
     evenly through the catalogue ("train"; FD depends on the sample size, so the sets are equal)."""
-    val = [e for e in emoji.catalogue() if e.split == "val"]
+    catalogue = emoji.catalogue()
+    val = [e for e in catalogue if e.split == "val"]
     if split == "val":
         return val
-    train = [e for e in emoji.catalogue() if e.split == "train"]
+    train = [e for e in catalogue if e.split == "train"]
     return train[::max(1, len(train) // max(1, len(val)))][:len(val)]
 
 
@@ -131,7 +132,7 @@ def eval_tokenizer(pipe: Pipeline) -> tuple[dict, object]:
     from ..eval.tokenizer import evaluate_recon, flat_consistency, recon_grid
 
     res = pipe.resolution
-    sets = {"emoji_val": [emoji.render(e, res) for e in emoji.catalogue() if e.split == "val"],
+    sets = {"emoji_val": [emoji.render(e, res) for e in emoji_entries("val")],
             "shapes_scenes": [render_item(it, res) for it in suite_items()]}
     result, grids = {}, []
     for name, pil in sets.items():
