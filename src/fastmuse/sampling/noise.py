@@ -1,5 +1,9 @@
 """The samplers' and trainers' random draws: every draw comes from a `torch.Generator` on the
-CPU, so a seed gives the same numbers on every device and every batching of requests."""
+CPU, so a seed gives the same draws on every CPU and every batching of requests. On a GPU the
+draws are made there, from a GPU generator seeded by one draw of each CPU stream: copying
+vocabulary-sized noise (batch x tokens x codes per step) from the CPU would cost more than the
+model at batch 16 (benchmarks/gpu_check.py, docs/speed.md). Per seed and per row they are the
+same on every GPU, not equal to the CPU's."""
 
 from __future__ import annotations
 
@@ -10,16 +14,26 @@ import torch
 Generators = torch.Generator | list[tuple[torch.Generator, int]] | None
 
 
+def _on(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """A stream on `device` seeded by one draw of the CPU `generator` (None: the global one)."""
+    if generator is None:
+        return None
+    return torch.Generator(device).manual_seed(int(torch.randint(1 << 62, (), generator=generator)))
+
+
 def random(shape: torch.Size | tuple[int, ...], generator: Generators, device: torch.device | str = "cpu",
            normal: bool = False) -> torch.Tensor:
     """Uniform [0, 1) (or standard normal) fp32 noise; with per-row generators, each group of
-    rows draws from its own stream. Drawn on the CPU (where the generators live), then moved:
-    a seed gives the same draws on every device."""
+    rows draws from its own stream. Drawn on the CPU where the generators live, then moved,
+    except on a GPU (see the module docstring)."""
     draw = torch.randn if normal else torch.rand
-    if isinstance(generator, list):
-        return torch.cat([draw((rows, *shape[1:]), generator=g, dtype=torch.float32, device="cpu")
-                          for g, rows in generator]).to(device)
-    return draw(shape, generator=generator, dtype=torch.float32, device="cpu").to(device)
+    device = torch.device(device)
+    groups = generator if isinstance(generator, list) else [(generator, shape[0])]
+    if device.type == "cuda":
+        return torch.cat([draw((rows, *shape[1:]), generator=_on(g, device), dtype=torch.float32,
+                               device=device) for g, rows in groups])
+    return torch.cat([draw((rows, *shape[1:]), generator=g, dtype=torch.float32, device="cpu")
+                      for g, rows in groups]).to(device)
 
 
 def gumbel(shape: torch.Size, generator: Generators, device: torch.device) -> torch.Tensor:
