@@ -63,8 +63,10 @@ def test_only_the_full_grid(model, ctx):
 
 
 def test_sampling_seeded_guided_and_top1_greedy(model, ctx):
-    def run(seed, **kw):
-        return ar_sample(model, ctx, ctx, generator=torch.Generator().manual_seed(seed), **kw)
+    blank = torch.full((2, 4, 4), model.mask_id)
+
+    def run(seed, canvas=blank, **kw):
+        return ar_sample(model, canvas, ctx, ctx, generator=torch.Generator().manual_seed(seed), **kw)
 
     a = run(0, guidance=2.0)
     assert a.shape == (2, 4, 4) and a.min() >= 0 and a.max() < 32
@@ -75,6 +77,14 @@ def test_sampling_seeded_guided_and_top1_greedy(model, ctx):
     assert torch.equal(greedy.view(2, -1)[:, 0], first.argmax(-1))
     with pytest.raises(ConfigError, match="top_k"):
         run(0, top_k=-1)
+    prefix = blank.clone().view(2, -1)
+    prefix[:, :6] = a.view(2, -1)[:, :6]  # a known prefix is kept; with the same draws the rest follows
+    assert torch.equal(run(0, prefix.view(2, 4, 4), guidance=2.0), a)
+    forced = blank.clone()
+    forced[:, 0, 0] = (a[:, 0, 0] + 1) % 32
+    assert torch.equal(run(0, forced, guidance=2.0)[:, 0, 0], forced[:, 0, 0])
+    with pytest.raises(ConfigError, match="one grid per text row"):
+        run(0, blank[:1])
 
 
 def test_pipeline_generates_and_refuses_editing(tmp_path):

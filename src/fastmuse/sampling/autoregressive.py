@@ -28,16 +28,22 @@ def check_ar_args(guidance: float, temperature: float, top_k: int) -> None:
 
 
 @torch.no_grad()
-def ar_sample(model: ARTransformer, cond: TextContext, uncond: TextContext | None = None, *,
-              guidance: float = 3.0, temperature: float = 1.0, top_k: int = 0,
-              generator: Generators = None) -> torch.Tensor:
-    """Text contexts of B rows -> token grids [B, g, g], generated in raster order."""
+def ar_sample(model: ARTransformer, tokens: torch.Tensor, cond: TextContext,
+              uncond: TextContext | None = None, *, guidance: float = 3.0, temperature: float = 1.0,
+              top_k: int = 0, generator: Generators = None) -> torch.Tensor:
+    """tokens [B, g, g] with `model.mask_id` where to generate -> completed tokens, in raster
+    order (maskgit_sample's shape). Known tokens are kept and read as the model goes; it cannot
+    look ahead of them, so only a known prefix conditions what follows."""
     check_ar_args(guidance, temperature, top_k)
     b, g = cond.c.shape[0], model.config.grid
+    if tuple(tokens.shape) != (b, g, g):
+        raise ConfigError(f"tokens are {tuple(tokens.shape)}; the model takes ({b}, {g}, {g}): one "
+                          "grid per text row")
     ctx = guidance_context(cond, uncond, guidance)
     rows = len(ctx.c)
     caches = [KVCache() for _ in model.blocks]
     device = ctx.c.device
+    known = tokens.reshape(b, g * g).to(device)
     prev = torch.full((rows,), model.bos_id, dtype=torch.long, device=device)
     out = torch.empty(b, g * g, dtype=torch.long, device=device)
     for i in range(g * g):
@@ -47,6 +53,7 @@ def ar_sample(model: ARTransformer, cond: TextContext, uncond: TextContext | Non
         if 0 < top_k < logits.shape[-1]:
             kth = logits.topk(top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, -torch.inf)
-        out[:, i] = (logits + gumbel(logits.shape, generator, logits.device)).argmax(-1)
+        sampled = (logits + gumbel(logits.shape, generator, logits.device)).argmax(-1)
+        out[:, i] = torch.where(known[:, i] == model.mask_id, sampled, known[:, i])
         prev = out[:, i].repeat(rows // b)
     return out.view(b, g, g)

@@ -200,8 +200,8 @@ class Autoregressive(Family):
         if tuple(init.shape[-2:]) != (g, g) or bool((init != run.model.mask_id).any()):
             raise ConfigError("the autoregressive model only generates whole images from text; "
                               "inpainting, outpainting and editing need a masked model")
-        return ar_sample(run.model, run.cond, run.uncond, guidance=run.guidance, generator=run.generator,
-                         **run.options)
+        return ar_sample(run.model, init, run.cond, run.uncond, guidance=run.guidance,
+                         generator=run.generator, **run.options)
 
 
 class DiffusionODE(Family):
