@@ -6,7 +6,8 @@ rewritten after each, so a run cut short still reports what it finished:
     reference  aMUSEd-256 with random weights in diffusers and in fastmuse: the two transformers'
                logits on the same input (fp32 max |diff|; bf16 relative L2 against fp32), then
                s/img at batch 1 and 16, 12 steps, for diffusers fp32 / bf16 autocast and fastmuse
-               fp32 / bf16 (best of 2 timed calls after a warm-up)
+               fp32 / bf16 (best of 2 timed calls after a warm-up), and a profile of one
+               fastmuse batch-1 call (top operators by host and by device time)
     bundled    muse-128 on the device in its auto precision: 4 images (PNG beside the JSON)
     train      the masked-transformer trainer (muse-128's recipe on shapes) on the device, bf16
                autocast and TF32: seconds per step, from runs of 1 and `--train-steps` steps
@@ -88,7 +89,26 @@ def reference(device: torch.device, smoke: bool, out: Path) -> dict:
                 lambda p=p, n=n: ours[p](PROMPT, n=n, steps=steps, guidance=guidance - 1, seed=0), device) / n
             print(f"  batch {n} {p}: diffusers {res[f'diffusers_{p}_b{n}_s_per_img']:.4f} s/img, fastmuse "
                   f"{res[f'fastmuse_{p}_b{n}_s_per_img']:.4f} s/img", flush=True)
+    # where one batch-1 image's time goes (both libraries took ~60 ms a step on an H200 for a
+    # model that needs a few): the top operators by their own host and device time
+    res["profile_fastmuse_b1"] = profile(lambda: ours["fp32"](PROMPT, n=1, steps=steps, guidance=guidance - 1,
+                                                              seed=0), device)
     return res
+
+
+def profile(call, device: torch.device, rows: int = 15) -> dict:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        call()
+        sync(device)
+    table = {}
+    for key in ("self_cpu_time_total",) + (("self_device_time_total",) if device.type == "cuda" else ()):
+        table[key] = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+        print(table[key], flush=True)
+    return table
 
 
 def bundled(device: torch.device, smoke: bool, out: Path) -> dict:
