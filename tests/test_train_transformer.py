@@ -20,6 +20,8 @@ from fastmuse.train.masked import TransformerTrainConfig, train_transformer
 from fastmuse.train.run import weights_checksum
 from helpers import tiny_dataset, tiny_text_encoder, tiny_tokenizer
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
@@ -214,7 +216,7 @@ def test_architecture_that_does_not_fit_the_encoder(parts, tmp_path):
         train_transformer(cfg_for(parts, model=model), tmp_path / "run")
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("configs/*-128.json")),
+@pytest.mark.parametrize("path", sorted(ROOT.glob("configs/*-128.json")),
                          ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     from fastmuse.distill.dimo_train import DiMOConfig
@@ -231,8 +233,8 @@ def test_shipped_configs_load(path):
     assert cfg.model.resolution == 128 and cfg.text_encoder == cfg.model.text_encoder == "minilm"
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("configs/ablations/*.json")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted([*ROOT.glob("configs/ablations/*.json"),
+                                         *ROOT.glob("configs/gpu/*.json")]), ids=lambda p: p.name)
 def test_ablation_configs_load(path):
     cfg = TransformerTrainConfig.load(path)
     assert cfg.tokenizer == cfg.model.tokenizer and cfg.eval_shapes
