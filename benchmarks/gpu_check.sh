@@ -14,6 +14,7 @@ else  # a bare GPU machine: carried wheels and .gpu/site (scripts/gpu_prepare.sh
     if compgen -G ".whl/*.whl" > /dev/null; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     fi
+    if [ -d .gpu/site ]; then python3 scripts/gpu_text_encoder.py unpack; fi
     export PYTHONPATH=".gpu/site:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1

