@@ -28,12 +28,11 @@ def random(shape: torch.Size | tuple[int, ...], generator: Generators, device: t
     except on a GPU (see the module docstring)."""
     draw = torch.randn if normal else torch.rand
     device = torch.device(device)
+    on_gpu = device.type == "cuda"
     groups = generator if isinstance(generator, list) else [(generator, shape[0])]
-    if device.type == "cuda":
-        return torch.cat([draw((rows, *shape[1:]), generator=_on(g, device), dtype=torch.float32,
-                               device=device) for g, rows in groups])
-    return torch.cat([draw((rows, *shape[1:]), generator=g, dtype=torch.float32, device="cpu")
-                      for g, rows in groups]).to(device)
+    parts = [draw((rows, *shape[1:]), generator=_on(g, device) if on_gpu else g, dtype=torch.float32,
+                  device=device if on_gpu else "cpu") for g, rows in groups]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(device)  # one group: no copy
 
 
 def gumbel(shape: torch.Size, generator: Generators, device: torch.device) -> torch.Tensor:
