@@ -148,7 +148,10 @@ def test_convert_export_round_trip(tmp_path):
     the same logits and images; the converted folder generates what the source does."""
 
     ref, folder = amused_folder(tmp_path)
+    (folder / "tokenizer" / "tokenizer.json").unlink()  # as aMUSEd's own folders: the slow files only
     convert_public(folder, tmp_path / "ours")
+    assert type(Pipeline.from_pretrained(tmp_path / "ours").text_encoder.model).__module__ == \
+        "fastmuse.text.native"  # convert wrote a tokenizer.json
     assert Pipeline.from_pretrained(tmp_path / "ours")("red heart", seed=3)[0].tobytes() == \
         Pipeline.from_pretrained(folder)("red heart", seed=3)[0].tobytes()
     export_amused(tmp_path / "ours", tmp_path / "back")

@@ -46,8 +46,8 @@ def test_local_folder_parity(tmp_path, model_type):
         ids = tok(PROMPTS, padding="max_length", max_length=enc.max_length, truncation=True,
                   return_tensors="pt").input_ids
         out = ref(input_ids=ids, output_hidden_states=True)
-        torch.testing.assert_close(emb.hidden, out.hidden_states[-2])
-        torch.testing.assert_close(emb.pooled, out.text_embeds)
+        assert torch.equal(emb.hidden, out.hidden_states[-2])  # bit for bit (text/native.py)
+        assert torch.equal(emb.pooled, out.text_embeds)
         assert emb.pooled.shape == (2, 24) and enc.pooled_dim == 24
     else:
         cls = T5EncoderModel if model_type == "t5" else AutoModel
@@ -55,12 +55,35 @@ def test_local_folder_parity(tmp_path, model_type):
         batch = tok(PROMPTS, padding=True, return_tensors="pt")
         kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         hidden = ref(**kwargs).last_hidden_state
+        if model_type == "bert":  # text/native.py: bit for bit
+            assert torch.equal(emb.hidden, hidden)
         torch.testing.assert_close(emb.hidden, hidden)
         m = batch.attention_mask.unsqueeze(-1).float()
         mean = (hidden * m).sum(1) / m.sum(1)
         want = mean if model_type == "t5" else torch.nn.functional.normalize(mean, dim=-1)
         torch.testing.assert_close(emb.pooled, want)
     assert enc.hidden_dim == 32
+    assert (type(enc.model).__module__ == "fastmuse.text.native") == (model_type != "t5")
+
+
+def test_minilm_loads_without_transformers_and_matches_it(minilm):
+    """The default encoder (text/native.py) never imports transformers, and gives its
+    states bit for bit, padded batches included."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from fastmuse.text import load_text_encoder; load_text_encoder().encode(['a cat']); "
+            "print('transformers' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+    from fastmuse.text.encoders import MINILM_MAX_LENGTH, TextEncoder, _load_transformers, minilm_path
+
+    ref = TextEncoder(*_load_transformers(minilm_path(), minilm_path())[:3], "minilm", MINILM_MAX_LENGTH)
+    prompts = [*PROMPTS, "smiling face with sunglasses", "Café naïve — ünïcode", "two yellow stars"]
+    assert minilm.tokenizer(prompts)["input_ids"] == [list(x) for x in ref.tokenizer(prompts)["input_ids"]]
+    for batch in (prompts[:1], prompts):
+        a, b = minilm.encode(batch), ref.encode(batch)
+        assert torch.equal(a.hidden, b.hidden) and torch.equal(a.pooled, b.pooled) and torch.equal(a.mask, b.mask)
 
 
 def test_long_prompt_truncated_with_warning(tmp_path):

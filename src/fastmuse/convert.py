@@ -78,6 +78,9 @@ def _public_files(src: Path, pipe: Pipeline) -> dict[str, bytes]:
     files = {f"text_encoder/{k}": v for k, v in _text_files(src / "text_encoder").items()}
     if (src / "tokenizer").is_dir():  # diffusers keeps the text tokenizer beside the encoder
         files.update({f"text_encoder/{k}": v for k, v in _text_files(src / "tokenizer").items()})
+    backend = getattr(pipe.text_encoder.tokenizer, "backend_tokenizer", None)  # a transformers fast tokenizer
+    if "text_encoder/tokenizer.json" not in files and backend is not None:
+        files["text_encoder/tokenizer.json"] = backend.to_str().encode()  # so it loads without transformers
     with tempfile.TemporaryDirectory() as tmp:
         files.update(folder_files(pipe.tokenizer.save_pretrained(Path(tmp) / "vq"), "tokenizer"))
     return files

@@ -4,7 +4,8 @@ Each row is a new Python process that imports, loads the aMUSEd-256 architecture
 weights, written once into a work folder in diffusers' and in fastmuse's formats) and makes
 one image at batch 1; the parent times the whole process and the child each phase:
 
-    import  torch, transformers' CLIP text model, the pipeline package
+    import  torch and the pipeline package (diffusers: with transformers' CLIP text model, which
+            it needs; fastmuse reads the CLIP folder with text/native.py instead)
     load    from_pretrained (fastmuse: manifest check, no random init, weights assigned)
     image   the first image, decoded, PNG written
 
@@ -35,7 +36,6 @@ CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
 import torch
-import transformers.models.clip.modeling_clip
 {imports}
 t1 = time.perf_counter()
 folder, precision, steps, guidance, out = sys.argv[1:6]
@@ -47,7 +47,7 @@ t3 = time.perf_counter()
 print(json.dumps({{"import": t1 - t0, "load": t2 - t1, "image": t3 - t2}}))
 """
 DIFFUSERS = CHILD.format(
-    imports="from diffusers import AmusedPipeline",
+    imports="import transformers.models.clip.modeling_clip\nfrom diffusers import AmusedPipeline",
     load="pipe = AmusedPipeline.from_pretrained(folder)\npipe.set_progress_bar_config(disable=True)",
     image=("with torch.autocast('cpu', dtype=torch.bfloat16, enabled=precision == 'bf16'):\n"
            f"    image = pipe({PROMPT!r}, num_inference_steps=int(steps),\n"

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from .captions import CAPTION_RULES, check_caption_rule
+from .native import load_native
 
 DEFAULT_TEXT_ENCODER = "minilm"
 MINILM_MAX_LENGTH = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
@@ -150,22 +151,31 @@ def _has_tokenizer(folder: Path) -> bool:
 
 
 def load_text_encoder(spec: str | os.PathLike = DEFAULT_TEXT_ENCODER) -> TextEncoder:
-    """`minilm` or a local transformers folder (CLIP text, T5 or a BERT-like encoder)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
-    from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
+    """`minilm` or a local transformers folder (CLIP text, T5 or a BERT-like encoder). BERT-like
+    and CLIP text folders with a tokenizer.json load without transformers (text/native.py)."""
     name = str(spec)
     path = minilm_path() if name == DEFAULT_TEXT_ENCODER else Path(spec).expanduser()
     if not (path / "config.json").is_file():
         raise CheckpointError(f"text encoder {name!r}: accepted {DEFAULT_TEXT_ENCODER!r} or a local "
                               "transformers folder with config.json (CLIP text, T5, BERT-like); "
                               "fastmuse never downloads weights")
-    model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type", "")
     tok_dir = next((d for d in (path, path / "tokenizer", path.parent / "tokenizer") if _has_tokenizer(d)),
                    path)  # diffusers repos keep text_encoder/ and tokenizer/ side by side
+    native = load_native(path, tok_dir)
+    model, tokenizer, family, limit = native if native is not None else _load_transformers(path, tok_dir)
+    max_length = MINILM_MAX_LENGTH if name == DEFAULT_TEXT_ENCODER else int(min(limit, 512))
+    return TextEncoder(model, tokenizer, family, name, max_length)
+
+
+def _load_transformers(path: Path, tok_dir: Path) -> tuple[nn.Module, object, str, int]:
+    """(model, tokenizer, family, length limit) through transformers: T5 and what native.py
+    does not cover."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type", "")
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     if model_type in ("clip", "clip_text_model"):
         model, family = CLIPTextModelWithProjection.from_pretrained(path), "clip"
@@ -175,5 +185,4 @@ def load_text_encoder(spec: str | os.PathLike = DEFAULT_TEXT_ENCODER) -> TextEnc
         model, family = AutoModel.from_pretrained(path), "mean"
     cfg = AutoConfig.from_pretrained(path)
     limit = getattr(cfg, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 512)
-    max_length = MINILM_MAX_LENGTH if name == DEFAULT_TEXT_ENCODER else int(min(limit, 512))
-    return TextEncoder(model, tokenizer, family, name, max_length)
+    return model, tokenizer, family, limit
