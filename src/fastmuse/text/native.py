@@ -256,4 +256,5 @@ def load_native(path: Path, tok_dir: Path) -> tuple[nn.Module, FastTokenizer, st
     tokenizer = FastTokenizer(tok_json, pad)
     if tokenizer.pad_id is None:
         return None
-    return model.eval(), tokenizer, "clip" if kind == "clip_text_model" else "mean", ns.max_position_embeddings
+    family = "clip" if kind == "clip_text_model" else "mean"
+    return model.eval(), tokenizer, family, ns.max_position_embeddings
