@@ -243,6 +243,17 @@ def test_cli_and_bad_teachers(teacher, tmp_path, capsys):
     assert "masked" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="embed_noise"):
         DiMOConfig(embed_noise=1.5)
+    with pytest.raises(ConfigError, match="teacher_temperature"):
+        DiMOConfig(teacher_temperature=0.0)
+
+
+def test_teacher_temperature_changes_the_target(teacher, tmp_path):
+    """The same run with the teacher's softmax sharpened trains a different student (the
+    auxiliary model, which learns the student's samples, is untouched by it)."""
+    states = [MaskedTransformer.from_pretrained(distill_dimo(cfg_for(teacher, steps=1, teacher_temperature=t),
+                                                             tmp_path / str(t))).state_dict()
+              for t in (1.0, 0.5)]
+    assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
 def test_bf16_run_learns_and_only_dimo_takes_it(teacher, tmp_path):

@@ -50,6 +50,9 @@ class DiMOConfig(DistillConfig):
     embed_noise: float = 0.1
     beta: float = 0.0
     label_smoothing: float = 0.0  # the reference's 0.1 biases the fixed point (dimo.py)
+    # the target p_T is the teacher's guided softmax at this temperature: < 1 matches a teacher
+    # that samples sharper than its softmax (muse-128 samples at 0.7)
+    teacher_temperature: float = 1.0
 
     def validate(self) -> None:
         super().validate()
@@ -58,6 +61,7 @@ class DiMOConfig(DistillConfig):
             check_range(name, getattr(self, name), 0.0, 1.0)
         check_range("embed_noise", self.embed_noise, 0.0, 0.99)
         check_range("aux_lr", self.aux_lr, 0.0)
+        check_range("teacher_temperature", self.teacher_temperature, 0.05, 10.0)
 
 
 def load_teacher(name: str) -> Pipeline:
@@ -157,7 +161,7 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
             ctx = guidance_context(cond, tm.prepare_text(empty).repeat(len(blank)), g) if g > 0 else cond
 
         def teacher_fn(tokens: torch.Tensor, ctx=ctx) -> torch.Tensor:
-            return guided_logits(tm, tokens, ctx, g if g > 0 else None)
+            return guided_logits(tm, tokens, ctx, g if g > 0 else None) / cfg.teacher_temperature
 
         logs: dict[str, float] = {}
         for _ in range(cfg.aux_updates):
