@@ -41,7 +41,9 @@ def heldout_accuracy(model: str | Path, config: str | Path, loaded: Transformer 
     cfg = TransformerTrainConfig.load(config)
     m = loaded if loaded is not None else load_transformer(model)
     tokenizer = VQTokenizer.from_pretrained(cfg.tokenizer)
-    data, low = training_data(cfg.replace(model=m.config), tokenizer, load_text_encoder(cfg.text_encoder))
+    # the captions as the model reads them (its caption rule), so the training run's cache is reused
+    encoder = load_text_encoder(cfg.text_encoder).with_caption_rule(getattr(m.config, "caption_rule", ""))
+    data, low = training_data(cfg.replace(model=m.config), tokenizer, encoder)
     groups = val_groups(data)
     if m.config.objective == "diffusion":  # held-out flow loss at fixed times and noise
         return {"model": str(model), "config": str(config),
