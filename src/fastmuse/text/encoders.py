@@ -80,7 +80,7 @@ def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class TextEncoder(nn.Module):
-    """A frozen transformers encoder + its tokenizer. `name` is what configs record."""
+    """A frozen encoder (text/native.py or transformers) + its tokenizer. `name` is what configs record."""
 
     def __init__(self, model: nn.Module, tokenizer, family: str, name: str, max_length: int) -> None:
         super().__init__()
