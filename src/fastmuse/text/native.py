@@ -244,17 +244,16 @@ def load_native(path: Path, tok_dir: Path) -> tuple[nn.Module, FastTokenizer, st
             or cfg.get("hidden_act") not in ACTIVATIONS
             or cfg.get("position_embedding_type", "absolute") != "absolute"):
         return None
-    cls = supported[kind]
+    tokenizer = FastTokenizer(tok_json, pad)
+    if tokenizer.pad_id is None:  # checked before any weights are read
+        return None
     ns = SimpleNamespace(**cfg)
     with no_init():
-        model = cls(ns)
+        model = supported[kind](ns)
     state = {k: v for k, v in load_file(weights).items()
              if not k.startswith("pooler.") and not k.endswith("position_ids")}
     if kind == "bert" and any(k.startswith("bert.") for k in state):
         state = {k.removeprefix("bert."): v for k, v in state.items()}
     load_state_strict(model, state, str(path), assign=True)
-    tokenizer = FastTokenizer(tok_json, pad)
-    if tokenizer.pad_id is None:
-        return None
     family = "clip" if kind == "clip_text_model" else "mean"
     return model.eval(), tokenizer, family, ns.max_position_embeddings
