@@ -6,8 +6,10 @@ import torch
 
 from fastmuse.errors import ConfigError
 from fastmuse.models.dit import DiT, DiTConfig
+from fastmuse.models.transformer import MaskedTransformer, MaskedTransformerConfig
 from fastmuse.sampling.trigflow import SIGMA_D, flow_loss, ode_sample, sample_time
 from fastmuse.text.encoders import TextEmbedding
+from fastmuse.train.warm_start import warm_start
 
 
 def tiny(**kw) -> DiT:
@@ -51,6 +53,34 @@ def test_sincos_positions_are_fixed_distinct_and_unit_scale():
         DiTConfig(pos_embed="rope")
     with pytest.raises(ConfigError, match="time_std"):
         DiTConfig(time_std=0)
+
+
+def test_warm_start_from_a_masked_model(tmp_path):
+    """A DiT with the masked model's extras (RoPE, text layers, caption positions) takes its
+    blocks and text path from a masked model of the same size: the same text context, the
+    time condition off at the start, and its own output head (another shape) kept fresh."""
+    extras = {"rope": True, "text_layers": 1, "text_positions": 4, "caption_rule": "canonical_relations"}
+    torch.manual_seed(1)
+    masked = MaskedTransformer(MaskedTransformerConfig(codebook_size=16, grid=4, dim=32, depth=2, heads=2,
+                                                       text_dim=8, pooled_dim=8, **extras))
+    for p in masked.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    model = tiny(**extras)
+    summary = warm_start(model, str(masked.save_pretrained(tmp_path / "masked")))
+    assert "head" in summary.split("new:")[1] and "blocks" not in summary.split("new:")[1]
+    emb = text(torch.tensor([0, 1]))
+    mine, theirs = model.prepare_text(emb), masked.prepare_text(emb)
+    assert torch.equal(mine.c, theirs.c)
+    assert all(torch.equal(a, b) for a, b in zip(mine.kv[0], theirs.kv[0], strict=True))
+    x, t = torch.randn(2, 3, 16, 16), torch.rand(2)
+    assert torch.equal(model.time(torch.randn(2, 32)), torch.zeros(2, 32))  # time starts switched off
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    with_rope = model(x, t, emb)
+    model.config.rope = False
+    assert not torch.allclose(model(x, t, emb), with_rope)
+    with pytest.raises(ConfigError, match="caption_rule"):
+        DiTConfig(caption_rule="shout")
 
 
 def test_learns_two_captions_and_samples_them():

@@ -14,6 +14,11 @@ differ only in the generative model. (Pixels with 8 x 8 patches, tried first, st
 patch-wise noise after 600 CPU steps; the latent is LDM's VQ-regularised choice.) The time
 embedding takes t in [0, pi/2] unscaled, so the highest frequency is 1: smooth in t, as sCM's
 tangents need.
+
+The masked model's text path and positions are options here too (RoPE, trained text layers,
+caption positions, the caption rule); with them and the same size, `init_from` a trained
+masked model copies everything but the input and output projections and the time MLP, so the
+diffusion model starts with the masked model's reading of the prompt (train/warm_start.py).
 """
 
 from __future__ import annotations
@@ -30,7 +35,15 @@ from ..errors import ConfigError
 from ..hub import PretrainedMixin
 from ..text.encoders import TextEmbedding
 from .layers import modulate, sinusoid
-from .transformer import Block, TextContext, init_adaln_zero, text_context
+from .transformer import (
+    Block,
+    TextContext,
+    add_text_extras,
+    check_extras,
+    grid_rope,
+    init_adaln_zero,
+    text_context,
+)
 
 if TYPE_CHECKING:
     from ..sampling.trigflow import Velocity
@@ -43,7 +56,8 @@ POS_EMBEDS = ("learned", "sincos")
 class DiTConfig(Config):
     kind = "dit"
     objective = "diffusion"  # see MaskedTransformerConfig.objective
-    later_keys = ("pos_embed", "time_mean", "time_std")  # folders written before them load
+    later_keys = ("pos_embed", "time_mean", "time_std", "rope", "text_layers", "text_positions",
+                  "caption_rule")  # folders written before them load
     grid: int = 16  # latent side
     patch: int = 1
     channels: int = 32  # the tokenizer's code dimension
@@ -65,6 +79,13 @@ class DiTConfig(Config):
     # put 13% of samples above t = 1.3, the band where the first steps fix the layout)
     time_mean: float = -1.0
     time_std: float = 1.4
+    # as in MaskedTransformerConfig (models/transformer.py): 2D RoPE in self-attention, trained
+    # layers over the text states, caption-position embeddings, the caption rewrite. With the
+    # same dim / depth / heads, `init_from` a masked model copies its blocks and text layers
+    rope: bool = False
+    text_layers: int = 0
+    text_positions: int = 0
+    caption_rule: str = ""
 
     def validate(self) -> None:
         for name in ("grid", "resolution", "patch", "channels", "dim", "depth", "heads", "text_dim",
@@ -73,18 +94,20 @@ class DiTConfig(Config):
         check_range("sigma_d", self.sigma_d, 1e-3)
         check_range("latent_scale", self.latent_scale, 1e-6)
         check_range("time_std", self.time_std, 1e-3)
+        check_extras(self)
         if self.pos_embed not in POS_EMBEDS:
             raise ConfigError(f"'pos_embed' is {self.pos_embed!r}; accepted: {', '.join(POS_EMBEDS)}")
         if self.grid % self.patch:
             raise ConfigError(f"'grid' is {self.grid}; accepted: a multiple of 'patch' ({self.patch})")
-        if self.dim % self.heads:
-            raise ConfigError(f"'dim' is {self.dim}; accepted: a multiple of 'heads' ({self.heads})")
 
     def describe(self) -> str:
         return (f"{self.patch}x{self.patch} patches of the {self.grid}x{self.grid}x{self.channels} latent, "
                 f"dim {self.dim}, depth {self.depth}, heads {self.heads}, MLP x{self.mlp_ratio}; "
                 "self-attention + cross-attention to the text states + MLP per block, adaLN-Zero "
-                "modulation from the pooled text + a sinusoidal embedding of t")
+                "modulation from the pooled text + a sinusoidal embedding of t"
+                f"{' + 2D rotary embeddings in self-attention' if self.rope else ''}"
+                f"{'; learned caption-position embeddings' * bool(self.text_positions)}"
+                f"{f'; {self.text_layers} trained layers over the text states' * bool(self.text_layers)}")
 
 
 class DiT(PretrainedMixin, nn.Module):
@@ -103,12 +126,16 @@ class DiT(PretrainedMixin, nn.Module):
         self.text_proj = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, cfg.dim))
         self.cond = nn.Sequential(nn.Linear(cfg.pooled_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         self.time = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        add_text_extras(self, cfg)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(cfg.dim, 2 * cfg.dim)
         self.head = nn.Linear(cfg.dim, patch_dim)
         init_adaln_zero(self, tables)
         nn.init.zeros_(self.head.weight)  # the output starts at zero
+        # the time condition starts switched off, so blocks warm-started from a masked model
+        # (init_from) first see the conditioning they were trained with
+        nn.init.zeros_(self.time[2].weight)
 
     def prepare_text(self, text: TextEmbedding) -> TextContext:
         return text_context(self, text)
@@ -127,8 +154,9 @@ class DiT(PretrainedMixin, nn.Module):
         patches = x.view(b, ch, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, ch * p * p)
         tokens = self.patch_in(patches.to(self.dtype)) + self.positions(gh, gw, x.device).to(self.dtype)
         c = ctx.c + self.time(sinusoid(t, cfg.dim).to(ctx.c.dtype))
+        rope = grid_rope(cfg, gh, gw, x.device)
         for blk, kv in zip(self.blocks, ctx.kv, strict=True):
-            tokens = blk(tokens, c, kv, ctx.mask)
+            tokens = blk(tokens, c, kv, ctx.mask, rope=rope)
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
         out = self.head(modulate(self.norm_out(tokens), shift, scale))
         out = out.view(b, gh, gw, ch, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, ch, h, w)

@@ -45,6 +45,19 @@ MICRO_CONDS = ("orig_size", "crop_top", "crop_left", "score")  # what data/token
 MICRO_DIM = 64  # sinusoid width per micro-condition
 
 
+def check_extras(cfg: Config) -> None:
+    """Validate the fields the masked and the diffusion transformer share: heads, RoPE, the
+    text layers and positions, the caption rule."""
+    check_range("text_layers", cfg.text_layers, 0)
+    check_range("text_positions", cfg.text_positions, 0)
+    check_caption_rule(cfg.caption_rule)
+    if cfg.dim % cfg.heads:
+        raise ConfigError(f"'dim' is {cfg.dim}; accepted: a multiple of 'heads' ({cfg.heads})")
+    if cfg.rope and (cfg.dim // cfg.heads) % 4:
+        raise ConfigError(f"'rope' needs a head width (dim / heads = {cfg.dim // cfg.heads}) that is a "
+                          "multiple of 4")
+
+
 @dataclass
 class MaskedTransformerConfig(Config):
     kind = "masked_transformer"
@@ -96,14 +109,7 @@ class MaskedTransformerConfig(Config):
                      "resolution"):
             check_size(name, getattr(self, name))
         check_range("mlp_ratio", self.mlp_ratio, 0.0)
-        check_range("text_layers", self.text_layers, 0)
-        check_range("text_positions", self.text_positions, 0)
-        check_caption_rule(self.caption_rule)
-        if self.dim % self.heads:
-            raise ConfigError(f"'dim' is {self.dim}; accepted: a multiple of 'heads' ({self.heads})")
-        if self.rope and (self.dim // self.heads) % 4:
-            raise ConfigError(f"'rope' needs a head width (dim / heads = {self.dim // self.heads}) that is a "
-                              "multiple of 4")
+        check_extras(self)
         if list(self.micro_conds) != [m for m in MICRO_CONDS if m in self.micro_conds]:
             raise ConfigError(f"'micro_conds' is {list(self.micro_conds)}; accepted: distinct names from "
                               f"{', '.join(MICRO_CONDS)}, in that order")
@@ -271,10 +277,34 @@ def text_context(model: nn.Module, text: TextEmbedding) -> TextContext:
                        text.mask[:, None, None, :].bool())
 
 
+def add_text_extras(model: nn.Module, cfg: Config) -> None:
+    """The config's caption-position table (`text_positions`) and trained text layers
+    (`text_layers`) on `model`; `text_context` applies them, `init_adaln_zero` starts them as
+    no-ops. Shared by the masked and the diffusion transformer."""
+    if cfg.text_positions:
+        model.text_pos = nn.Parameter(torch.zeros(cfg.text_positions, cfg.dim))
+    if cfg.text_layers:
+        model.text_mix = nn.ModuleList(
+            nn.TransformerEncoderLayer(cfg.dim, cfg.heads, int(cfg.mlp_ratio * cfg.dim), dropout=0.0,
+                                       activation="gelu", batch_first=True, norm_first=True)
+            for _ in range(cfg.text_layers))
+
+
+def grid_rope(cfg: Config, h: int, w: int, device: torch.device,
+              where: slice = slice(None)) -> torch.Tensor | None:
+    """The 2D RoPE cos/sin table [2, N, head_dim/2] of the raster positions `where` of an h x w
+    grid: half of each head's channel pairs turn with the row, half with the column (None
+    without `cfg.rope`)."""
+    if not cfg.rope:
+        return None
+    half = cfg.dim // cfg.heads // 2
+    return rope_table(grid_ids(h, w, device)[where, 1:], (half, half))
+
+
 def init_adaln_zero(model: nn.Module, embeddings: tuple[torch.Tensor, ...]) -> None:
     """DiT's initialisation for a model of `Block`s with `ada_out`: Xavier linears with zero
     biases, N(0, 0.02) embeddings, and adaLN-Zero (every block's and the output's modulation at
-    zero, so blocks start as the identity)."""
+    zero, so blocks start as the identity; so do the text layers' residual branches)."""
     for m in model.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
@@ -284,6 +314,10 @@ def init_adaln_zero(model: nn.Module, embeddings: tuple[torch.Tensor, ...]) -> N
     for layer in [blk.ada for blk in model.blocks] + [model.ada_out]:
         nn.init.zeros_(layer.weight)
         nn.init.zeros_(layer.bias)
+    for layer in getattr(model, "text_mix", ()):
+        for out in (layer.self_attn.out_proj, layer.linear2):
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
 
 
 class MaskedTransformer(PretrainedMixin, nn.Module):
@@ -303,13 +337,7 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
             self.micro = nn.Sequential(nn.Linear(k, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         if cfg.low_res_grid:
             self.low_emb = nn.Embedding(cfg.codebook_size, cfg.dim)
-        if cfg.text_positions:
-            self.text_pos = nn.Parameter(torch.zeros(cfg.text_positions, cfg.dim))
-        if cfg.text_layers:
-            self.text_mix = nn.ModuleList(
-                nn.TransformerEncoderLayer(cfg.dim, cfg.heads, int(cfg.mlp_ratio * cfg.dim), dropout=0.0,
-                                           activation="gelu", batch_first=True, norm_first=True)
-                for _ in range(cfg.text_layers))
+        add_text_extras(self, cfg)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, self.causal, cfg.local)
                                     for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
@@ -323,10 +351,6 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
             nn.init.zeros_(self.micro[2].weight)
         if cfg.low_res_grid:
             nn.init.zeros_(self.low_emb.weight)
-        for layer in getattr(self, "text_mix", ()):  # residual branches at zero: the identity
-            for out in (layer.self_attn.out_proj, layer.linear2):
-                nn.init.zeros_(out.weight)
-                nn.init.zeros_(out.bias)
 
     @property
     def mask_id(self) -> int:
@@ -399,11 +423,7 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
         """The RoPE cos/sin table [2, N, head_dim/2] of the raster positions `where` of an
         h x w grid: half of each head's channel pairs turn with the row, half with the column
         (None without `rope`)."""
-        cfg = self.config
-        if not cfg.rope:
-            return None
-        half = cfg.dim // cfg.heads // 2
-        return rope_table(grid_ids(h, w, self.row_emb.device)[where, 1:], (half, half))
+        return grid_rope(self.config, h, w, self.row_emb.device, where)
 
     def run(self, ids: torch.Tensor, pos: torch.Tensor, ctx: TextContext,
             caches: list[KVCache] | None = None, rope: torch.Tensor | None = None,

@@ -1,10 +1,12 @@
 """Warm start: begin a training run from a trained model's weights (`init_from`).
 
-Every tensor whose name and shape match is copied. Learned position embeddings of another
-grid are resampled (area-averaged going down, linear going up): a 64 px model started from
-a 128 px one gets, for row i, the mean of the 128 px rows 2i and 2i + 1, which cover the
-same part of the image. Whatever the source lacks (micro-condition MLP, low-res embedding)
-keeps its fresh initialisation, which models/transformer.py makes a no-op at the start.
+Every tensor whose name and shape match is copied; a model of another objective (a
+diffusion transformer from a masked one) keeps its own initialisation where shapes differ
+(the output head). Learned position embeddings of another grid are resampled (area-averaged
+going down, linear going up): a 64 px model started from a 128 px one gets, for row i, the
+mean of the 128 px rows 2i and 2i + 1, which cover the same part of the image. Whatever the
+source lacks (micro-condition MLP, low-res embedding, a DiT's time MLP) keeps its fresh
+initialisation, which the models make a no-op at the start.
 """
 
 from __future__ import annotations
@@ -29,9 +31,13 @@ def warm_start(model: nn.Module, source: str) -> str:
     """Copy `source`'s matching weights into `model` in place; returns a one-line summary."""
     from ..models import load_transformer
 
-    src = load_transformer(source).state_dict()
+    src_model = load_transformer(source)
+    # another family (a diffusion model from a masked one): its output head predicts something
+    # else, so tensors of another shape keep their fresh initialisation instead of failing
+    cross = src_model.config.objective != model.config.objective
+    src = src_model.state_dict()
     own = model.state_dict()
-    copied, resampled = [], []
+    copied, resampled, kept = [], [], []
     for name, value in own.items():
         if name not in src:
             continue
@@ -41,6 +47,9 @@ def warm_start(model: nn.Module, source: str) -> str:
         elif name in POSITION_TABLES and theirs.shape[1:] == value.shape[1:]:
             theirs = resample_rows(theirs, value.shape[0])
             resampled.append(name)
+        elif cross:
+            kept.append(name)
+            continue
         else:
             raise ConfigError(f"init_from {source!r}: {name} has shape {tuple(theirs.shape)}, the model's is "
                               f"{tuple(value.shape)}; accepted: a model of the same dim, depth, codebook "
@@ -49,7 +58,7 @@ def warm_start(model: nn.Module, source: str) -> str:
     if not copied:
         raise ConfigError(f"init_from {source!r}: no weight matches the model's")
     model.load_state_dict(own)
-    fresh = [n for n in own if n not in src]
+    fresh = [n for n in own if n not in src] + kept
     return (f"warm start from {source}: {len(copied) + len(resampled)} tensors copied"
             + (f" ({', '.join(resampled)} resampled)" if resampled else "")
             + (f"; new: {', '.join(sorted({n.split('.')[0] for n in fresh}))}" if fresh else ""))
