@@ -4,6 +4,7 @@
         [--world 90001 12345]
     python benchmarks/shapes_tokens.py context RUN [RUN ...] [--ratios 0.1 0.5 0.9] [--n 256]
     python benchmarks/shapes_tokens.py commits RUN [--order confidence]
+    python benchmarks/shapes_tokens.py denoise MODEL [MODEL ...] [--n 64]
 
 `ceiling`: the shapes-suite checker on the suite's own scenes, drawn at each resolution, clean
 and after a round trip through the tokenizer: the best accuracy any model predicting that
@@ -18,6 +19,13 @@ shows how much it reads its visible neighbours.
 `commits`: a masked run's model decodes the suite's prompts with its own sampler settings; for
 the tokens that end up as objects (non-white patches in the decoded image) and for the rest,
 the share committed at each step.
+
+`denoise`: a diffusion model (DiT folder or bundled name) denoises held-out scenes' latents in
+one step from times t (pi/2 is pure noise); squared error of its clean estimate on object and
+background tokens, against always predicting the data mean, with the right caption, a caption
+shuffled between scenes and the empty caption. Where the right caption does no better than a
+shuffled one, the model does not read the prompt at that noise level; at pi/2 that is where
+the layout is decided (docs/diffusion-teacher.md).
 """
 
 from __future__ import annotations
@@ -34,8 +42,10 @@ from fastmuse.data.images import to_pil, to_tensor
 from fastmuse.data.shapes import render_scene, scene_at
 from fastmuse.eval.shapes_check import check, detect
 from fastmuse.eval.shapes_suite import CATEGORIES, EVAL_WORLD, render_item, suite_items, summarise
-from fastmuse.models import ARTransformer, load_transformer
+from fastmuse.models import ARTransformer, DiT, load_transformer
+from fastmuse.models.dit import token_latents
 from fastmuse.sampling.maskgit import maskgit_sample
+from fastmuse.sampling.trigflow import add_noise, denoise
 from fastmuse.text import load_text_encoder
 from fastmuse.tokenizer import VQTokenizer
 from fastmuse.train.masked import TransformerTrainConfig
@@ -143,6 +153,43 @@ def commits(run: Path, order: str, n: int) -> None:
               + " | ".join(f"{count.get(i, 0) / total:.2f}" for i in range(len(history))) + " |")
 
 
+DENOISE_TIMES = (0.3, 0.9, 1.2, 1.4, math.pi / 2)
+
+
+@torch.no_grad()
+def denoise_probe(models: list[str], n: int) -> None:
+    times = " | ".join(f"t = {t:.2f}" for t in DENOISE_TIMES)
+    print(f"| model | caption | tokens | data mean | {times} |")
+    print("|---|---|---|---|" + "---|" * len(DENOISE_TIMES))
+    for name in models:
+        model = load_transformer(name).eval()
+        if not isinstance(model, DiT):
+            raise SystemExit(f"{name}: a {type(model).__name__}; accepted: a diffusion model (DiT)")
+        cfg = model.config
+        tok = VQTokenizer.from_pretrained(cfg.tokenizer).eval()
+        encoder = load_text_encoder(cfg.text_encoder).with_caption_rule(cfg.caption_rule)
+        scenes = [scene_at(HELD_OUT_WORLD, i, cfg.resolution) for i in range(n)]
+        images = torch.stack([to_tensor(render_scene(s, cfg.resolution)) for s in scenes])
+        codes = tok.encode(images)
+        g, f = codes.shape[-1], tok.downsample
+        white = (images.view(n, 3, g, f, g, f) > 0.99).all(dim=(1, 3, 5))
+        x0 = token_latents(tok, codes, cfg.latent_scale)
+        z = cfg.sigma_d * torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+        base = ((x0.mean(dim=(0, 2, 3), keepdim=True) - x0) ** 2).mean(1)
+        captions = [s.caption for s in scenes]
+        shuffled = captions[1:] + captions[:1]
+        for label, caps in (("right", captions), ("shuffled", shuffled), ("empty", [""] * n)):
+            ctx = model.prepare_text(encoder.encode(caps))
+            errors = []
+            for t in DENOISE_TIMES:
+                tt = torch.full((n,), t)
+                x_t = add_noise(x0, tt, z)
+                errors.append(((denoise(x_t, tt, model.velocity(x_t, tt, ctx)) - x0) ** 2).mean(1))
+            for part, sel in (("object", ~white), ("background", white)):
+                print(f"| {name} | {label} | {part} | {float(base[sel].mean()):.3f} | "
+                      + " | ".join(f"{float(e[sel].mean()):.3f}" for e in errors) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -159,13 +206,18 @@ def main() -> None:
     m.add_argument("run", type=Path)
     m.add_argument("--order", choices=["confidence", "halton"], default="confidence")
     m.add_argument("--n", type=int, default=24, help="suite prompts (2 images each)")
+    d = sub.add_parser("denoise", help="a DiT's one-step clean estimate by noise level and caption")
+    d.add_argument("models", nargs="+", help="DiT folders or bundled names")
+    d.add_argument("--n", type=int, default=64, help="held-out scenes")
     a = ap.parse_args()
     if a.what == "ceiling":
         ceiling(a.tokenizer, a.resolution, a.world)
     elif a.what == "context":
         context(a.runs, a.ratios, a.n)
-    else:
+    elif a.what == "commits":
         commits(a.run, a.order, a.n)
+    else:
+        denoise_probe(a.models, a.n)
 
 
 if __name__ == "__main__":
