@@ -24,8 +24,9 @@ the share committed at each step.
 one step from times t (pi/2 is pure noise); squared error of its clean estimate on object and
 background tokens, against always predicting the data mean, with the right caption, a caption
 shuffled between scenes and the empty caption. Where the right caption does no better than a
-shuffled one, the model does not read the prompt at that noise level; at pi/2 that is where
-the layout is decided (docs/diffusion-teacher.md).
+shuffled one, the model does not read the prompt at that noise level; t = 0.9-1.4 is where
+the layout is decided, while at pi/2 the best estimate is near the data mean whatever the
+caption (docs/diffusion-teacher.md).
 """
 
 from __future__ import annotations
@@ -79,6 +80,17 @@ def entropy(codes: list[int]) -> tuple[int, float]:
 
 
 @torch.no_grad()
+def held_out(tok: VQTokenizer, res: int, n: int) -> tuple[list, torch.Tensor, torch.Tensor]:
+    """n scenes no run trains on, their codes [n, g, g] and which tokens are background (their
+    patch is pure white)."""
+    scenes = [scene_at(HELD_OUT_WORLD, i, res) for i in range(n)]
+    images = torch.stack([to_tensor(render_scene(s, res)) for s in scenes])
+    codes = torch.cat([tok.encode(images[i:i + 64]) for i in range(0, n, 64)])
+    g, f = codes.shape[-1], tok.downsample
+    return scenes, codes, (images.view(n, 3, g, f, g, f) > 0.99).all(dim=(1, 3, 5))
+
+
+@torch.no_grad()
 def context(runs: list[Path], ratios: list[float], n: int) -> None:
     encoder = load_text_encoder()
     print("| run | masked | background CE | background acc | object CE | object acc | "
@@ -90,11 +102,8 @@ def context(runs: list[Path], ratios: list[float], n: int) -> None:
         tok = VQTokenizer.from_pretrained(cfg.tokenizer).eval()
         model = load_transformer(run / "transformer").eval()
         res = cfg.model.resolution
-        scenes = [scene_at(HELD_OUT_WORLD, i, res) for i in range(n)]
-        images = torch.stack([to_tensor(render_scene(s, res)) for s in scenes])
-        codes = torch.cat([tok.encode(images[i:i + 64]) for i in range(0, n, 64)])
-        g, f = codes.shape[-1], tok.downsample
-        white = (images.view(n, 3, g, f, g, f) > 0.99).all(dim=(1, 3, 5))
+        scenes, codes, white = held_out(tok, res, n)
+        g = codes.shape[-1]
         k, h = entropy(codes[white].tolist())
         ko, ho = entropy(codes[~white].tolist())
         share = float(white.float().mean())
@@ -168,11 +177,7 @@ def denoise_probe(models: list[str], n: int) -> None:
         cfg = model.config
         tok = VQTokenizer.from_pretrained(cfg.tokenizer).eval()
         encoder = load_text_encoder(cfg.text_encoder).with_caption_rule(cfg.caption_rule)
-        scenes = [scene_at(HELD_OUT_WORLD, i, cfg.resolution) for i in range(n)]
-        images = torch.stack([to_tensor(render_scene(s, cfg.resolution)) for s in scenes])
-        codes = tok.encode(images)
-        g, f = codes.shape[-1], tok.downsample
-        white = (images.view(n, 3, g, f, g, f) > 0.99).all(dim=(1, 3, 5))
+        scenes, codes, white = held_out(tok, cfg.resolution, n)
         x0 = token_latents(tok, codes, cfg.latent_scale)
         z = cfg.sigma_d * torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
         base = ((x0.mean(dim=(0, 2, 3), keepdim=True) - x0) ** 2).mean(1)
