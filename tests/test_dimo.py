@@ -256,8 +256,8 @@ def test_teacher_temperature_changes_the_target(teacher, tmp_path):
     assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
-def test_bf16_run_learns_and_only_dimo_takes_it(teacher, tmp_path):
-    from fastmuse.distill.dmd_train import DMDConfig
+def test_bf16_run_learns_and_scm_refuses_it(teacher, tmp_path):
+    from fastmuse.distill.scm_train import SCMConfig
 
     student = distill_dimo(cfg_for(teacher, steps=2, mixed_precision="bf16"), tmp_path / "run")
     logs = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
@@ -266,7 +266,7 @@ def test_bf16_run_learns_and_only_dimo_takes_it(teacher, tmp_path):
     after = MaskedTransformer.from_pretrained(student).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(ConfigError, match="'mixed_precision' is 'bf16'; accepted: 'no'"):
-        DMDConfig(mixed_precision="bf16")
+        SCMConfig(mixed_precision="bf16")  # its JVP stays fp32
 
 
 def test_converted_amused_teacher(teacher, tmp_path):

@@ -46,8 +46,14 @@ def test_jvp_tangent_matches_finite_differences():
     v, dv = velocity_jvp(net, x_t, t, dxdt)
     jvp_g = consistency_tangent(x_t, t, v, dv, dxdt)
     assert (jvp_g - finite_difference_tangent(net, x_t, t, dxdt)).abs().max() < 1e-3
-    # through attention (the DiT's fused SDPA has no forward-mode rule: math kernel inside the JVP)
-    model = tiny()
+
+
+@pytest.mark.parametrize("text_path", [{}, {"rope": True, "text_layers": 1, "text_positions": 3}])
+def test_jvp_through_the_dit_matches_finite_differences(text_path):
+    """Through attention (the DiT's fused SDPA has no forward-mode rule: math kernel inside the
+    JVP), with the learned position table, and with the teacher's RoPE and caption layers."""
+    gen = torch.Generator().manual_seed(0)
+    model = tiny(**text_path)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.1)
     ctx = model.prepare_text(text(torch.tensor([0, 1, 0, 1])))

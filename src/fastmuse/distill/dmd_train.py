@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ..config import check_range
 from ..errors import ConfigError
-from ..fast import resolve_device
+from ..fast import autocast, resolve_device
 from ..fsutil import atomic_write_bytes
 from ..models import DiT
 from ..models.dit import token_latents
@@ -53,6 +53,7 @@ STUDENT_STEPS = (1, 2, 4)
 @dataclass
 class DMDConfig(DistillConfig):
     kind = "distill_dmd"
+    precisions = ("no", "bf16")
     teacher: str = "dit-128"  # a diffusion model (kind "dit")
     method: Literal["dmd2", "dmd"] = "dmd2"  # dmd: + DMD1's regression loss (one step only)
     student_steps: int = 1
@@ -151,25 +152,26 @@ def gan_logits(fake: DiT, head: DiscriminatorHead, ctx):
 
 
 def fake_update(cfg: DMDConfig, fake: DiT, head: DiscriminatorHead, opt: torch.optim.Optimizer,
-                x: torch.Tensor, text, real_batch, gen: torch.Generator) -> dict[str, float]:
+                x: torch.Tensor, text, real_batch, gen: torch.Generator, precision: str) -> dict[str, float]:
     """One update of the fake denoiser (flow loss on G's samples `x`) and, with the GAN, of the
     head: real latents from `real_batch(gen)` against the features of the flow loss's own forward
-    pass."""
+    pass. Forward passes run under `precision` autocast, the backward pass outside it."""
     s = fake.config.sigma_d
-    ctx = fake.prepare_text(text)
     features = {}
+    with autocast(precision, x.device):
+        ctx = fake.prepare_text(text)
 
-    def fake_v(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out_, features["tokens"] = fake(x_t / s, t, ctx, features=True)
-        return s * out_.float()
+        def fake_v(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            out_, features["tokens"] = fake(x_t / s, t, ctx, features=True)
+            return s * out_.float()
 
-    loss = fake_loss(x, fake_v, gen)
-    logs = {"loss_fake": loss.item()}
-    if cfg.gan:
-        d_loss, d_logs = gan_discriminator_loss(real_batch(gen), head(features["tokens"]),
-                                                gan_logits(fake, head, ctx), gen)
-        loss = loss + cfg.disc_weight * d_loss
-        logs.update(d_logs)
+        loss = fake_loss(x, fake_v, gen)
+        logs = {"loss_fake": loss.item()}
+        if cfg.gan:
+            d_loss, d_logs = gan_discriminator_loss(real_batch(gen), head(features["tokens"]),
+                                                    gan_logits(fake, head, ctx), gen)
+            loss = loss + cfg.disc_weight * d_loss
+            logs.update(d_logs)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     logs["grad_norm_fake"] = torch.nn.utils.clip_grad_norm_(fake.parameters(), cfg.grad_clip).item()
@@ -190,6 +192,7 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
     rows = data.train.cap_rows  # every caption of the training split (alternatives included)
     g = teacher_guidance(cfg, teacher)
     times = student_times(cfg.student_steps)
+    precision = "bf16" if cfg.mixed_precision == "bf16" else "fp32"
     shape = (cfg.batch_size, tm.config.channels, tm.config.grid, tm.config.grid)
 
     torch.manual_seed(cfg.seed)
@@ -220,25 +223,27 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
         run.set_lr(step, {opt_g: cfg.lr, opt_f: cfg.fake_lr})
         pick = torch.randint(len(rows), (cfg.batch_size,), generator=gen, device="cpu")
         text = data.captions.lookup(rows[pick]).to(device)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, device):
             real_v = tm.guided(tm.prepare_text(text), uncond_one.repeat(cfg.batch_size), g)
         for _ in range(cfg.fake_updates):  # the fake denoiser (and the GAN head) track G
-            x = generator_sample(student, text, times, shape, gen, grad=False)
-            logs = fake_update(cfg, fake, head, opt_f, x, text, real_batch, gen)
+            with autocast(precision, device):
+                x = generator_sample(student, text, times, shape, gen, grad=False)
+            logs = fake_update(cfg, fake, head, opt_f, x, text, real_batch, gen, precision)
 
         fake.requires_grad_(False)
-        fctx = fake.prepare_text(text)
-        x = generator_sample(student, text, times, shape, gen, grad=True)
-        loss, dm_logs = generator_loss(x, real_v, lambda x_t, t, c=fctx: fake.velocity(x_t, t, c), gen)
-        logs.update(dm_logs)
-        if cfg.gan:
-            gan = gan_generator_loss(x, gan_logits(fake, head, fctx), gen)
-            loss = loss + cfg.gan_weight * gan
-            logs["loss_gan"] = gan.item()
-        if cfg.method == "dmd":
-            reg = regression_loss(student, cfg, data.captions, pair_rows, pairs, times[0], gen)
-            loss = loss + cfg.regression_weight * reg
-            logs["loss_regression"] = reg.item()
+        with autocast(precision, device):
+            fctx = fake.prepare_text(text)
+            x = generator_sample(student, text, times, shape, gen, grad=True)
+            loss, dm_logs = generator_loss(x, real_v, lambda x_t, t, c=fctx: fake.velocity(x_t, t, c), gen)
+            logs.update(dm_logs)
+            if cfg.gan:
+                gan = gan_generator_loss(x, gan_logits(fake, head, fctx), gen)
+                loss = loss + cfg.gan_weight * gan
+                logs["loss_gan"] = gan.item()
+            if cfg.method == "dmd":
+                reg = regression_loss(student, cfg, data.captions, pair_rows, pairs, times[0], gen)
+                loss = loss + cfg.regression_weight * reg
+                logs["loss_regression"] = reg.item()
         fake.requires_grad_(True)
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
