@@ -136,7 +136,8 @@ def test_dmd2_run_resumes_exactly_and_the_student_loads(parts, teacher, tmp_path
 def test_dmd2_bf16_run_learns(parts, teacher, tmp_path):
     """Under bf16 autocast the losses stay finite, the student moves, and it differs from the
     same run in fp32 (the setting is used, not ignored)."""
-    dirs = [distill_dmd(dmd_cfg(parts, teacher, steps=2, mixed_precision=p), tmp_path / p) for p in ("bf16", "no")]
+    dirs = [distill_dmd(dmd_cfg(parts, teacher, steps=2, mixed_precision=p), tmp_path / p)
+            for p in ("bf16", "no")]
     logs = [json.loads(x) for x in (tmp_path / "bf16/metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r[k]) for r in logs for k in ("loss_fake", "loss_dm", "loss_gan"))
     before = DiT.from_pretrained(teacher).state_dict()
