@@ -47,8 +47,8 @@ def teacher(parts):
     run = parts["root"] / "teacher-run"
     train_transformer(dit_cfg(parts), run)
     out = parts["root"] / "teacher"
-    assert main(["transformer", "export", "--run", str(run), "--out", str(out), "--steps", "3",
-                 "--guidance", "1.0"]) == 0
+    assert main(["transformer", "export", "--run", str(run), "--out", str(out), "--steps", "3", "--guidance",
+                 "1.0", "--reproduce", "fastmuse train transformer --config a.json --out r"]) == 0
     return out
 
 
@@ -61,7 +61,9 @@ def test_teacher_trains_resumes_exports_and_generates(parts, teacher, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     logs = [json.loads(x) for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs if "val_loss" in r] == [2, 4] and all("acc" not in r for r in logs)
-    assert "flow loss" in (teacher / "README.md").read_text()
+    card = (teacher / "README.md").read_text()
+    assert "flow loss" in card and "tau ~ N(-1.0, 1.4)" in card and "then cosine to x0.1" in card
+    assert "make demo " in card and "--config a.json --out r\n```" in card  # the chain given, not NAME.json
 
     pipe = Pipeline.from_pretrained(teacher)
     c = pipe.transformer.config

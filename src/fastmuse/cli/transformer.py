@@ -32,7 +32,8 @@ def cmd_export(a: argparse.Namespace) -> None:
     out = export_run(a.run, a.out, name=a.name or Path(a.out).name, notes=a.notes,
                      defaults=SamplerDefaults(steps=a.steps, guidance=a.guidance, top_k=a.top_k,
                                               temperature=a.temperature, order=a.order,
-                                              guidance_interval=list(a.guidance_interval)), dtype=a.dtype)
+                                              guidance_interval=list(a.guidance_interval)), dtype=a.dtype,
+                     reproduce=a.reproduce)
     print(f"wrote {out}")
 
 
@@ -61,6 +62,9 @@ def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAct
     x.add_argument("--out", required=True, help="model folder to write (e.g. src/fastmuse/assets/NAME)")
     x.add_argument("--name", default=None, help="model name in the card (default: the folder name)")
     x.add_argument("--notes", default="", help="extra markdown for the card (e.g. wall time)")
+    x.add_argument("--reproduce", default="",
+                   help="the card's reproduce commands, one per line, for a model made by a chain of runs "
+                        "(default: train configs/NAME.json, then export)")
     x.add_argument("--steps", type=positive("--steps"), default=12,
                    help="default decoding steps (autoregressive models: always one per token)")
     x.add_argument("--guidance", type=float, default=3.0, help="default guidance scale")

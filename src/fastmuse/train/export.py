@@ -64,15 +64,17 @@ def _png(image) -> bytes:
 
 
 def export_run(run: str | Path, out: str | Path, name: str, notes: str = "",
-               defaults: SamplerDefaults | None = None, dtype: str = "fp32") -> Path:
+               defaults: SamplerDefaults | None = None, dtype: str = "fp32", reproduce: str = "") -> Path:
     """`dtype`: how the weights are stored; the card's grid and figures are made with the
-    weights rounded to it, so they show what the folder holds."""
+    weights rounded to it, so they show what the folder holds. `reproduce`: the card's
+    commands after `make demo` (default: train configs/NAME.json, then export), for models
+    made by a chain of runs."""
     run = Path(run)
     cfg = TransformerTrainConfig.load(run / "config.json")
     model = load_transformer(run / "transformer")
     model.load_state_dict(stored(model.state_dict(), dtype))  # rounded, still computed in fp32
     if model.config.objective == "diffusion":
-        return export_diffusion_run(run, cfg, model, out, name, notes, defaults, dtype)
+        return export_diffusion_run(run, cfg, model, out, name, notes, defaults, dtype, reproduce)
     ar = model.config.objective == "autoregressive"
     defaults = defaults or SamplerDefaults()
     if ar:  # one step per token
@@ -116,7 +118,7 @@ dropped to "" with probability {cfg.caption_dropout} (for classifier-free guidan
 
 ## Training
 {cfg.steps} steps x batch {cfg.batch_size} (x{cfg.grad_accum} accumulation), AdamW lr {cfg.lr}
-(warm-up {cfg.warmup_steps}, cosine to x{cfg.min_lr_ratio}), weight decay {cfg.weight_decay}, label smoothing
+({lr_text(cfg)}), weight decay {cfg.weight_decay}, label smoothing
 {cfg.label_smoothing}, EMA {cfg.ema_decay} (these are the weights here), {objective}.
 Last logged train loss {last['loss']:.3f}, accuracy {last['acc']:.3f}.
 {notes}
@@ -132,14 +134,22 @@ Last logged train loss {last['loss']:.3f}, accuracy {last['acc']:.3f}.
 Rerun: `fastmuse transformer eval --model {name} --config configs/{name}.json` (this folder's
 `eval.json`).
 
-## Reproduce
-```
-make demo                                   # builds data/emoji and the venv
-fastmuse train transformer --config configs/{name}.json --out runs/{name}
-fastmuse transformer export --run runs/{name} --out src/fastmuse/assets/{name}
-```
-"""
+{reproduce_text(name, reproduce)}"""
     return pipe.save_pretrained(out, card=card, extra_files=card_files(run, grid, ev, records), dtype=dtype)
+
+
+def lr_text(cfg: TransformerTrainConfig) -> str:
+    schedule = "constant" if cfg.min_lr_ratio == 1 else f"cosine to x{cfg.min_lr_ratio}"
+    return f"warm-up {cfg.warmup_steps}, then {schedule}"
+
+
+def reproduce_text(name: str, reproduce: str, export_args: str = "") -> str:
+    """The card's Reproduce section: `reproduce`, or one training run of configs/NAME.json."""
+    lines = reproduce.strip() or (
+        f"fastmuse train transformer --config configs/{name}.json --out runs/{name}\n"
+        f"fastmuse transformer export --run runs/{name} --out src/fastmuse/assets/{name}{export_args}")
+    demo = "make demo                                   # builds data/emoji and the venv"
+    return f"## Reproduce\n```\n{demo}\n{lines}\n```\n"
 
 
 def card_files(run: Path, grid: Image.Image, ev: dict, records: list[dict]) -> dict[str, bytes]:
@@ -277,7 +287,7 @@ def super_res_grid(pipe: Pipeline, data, low, name: str, n: int = 8):
 
 
 def export_diffusion_run(run: Path, cfg: TransformerTrainConfig, model: DiT, out: str | Path, name: str,
-                         notes: str, defaults: SamplerDefaults | None, dtype: str) -> Path:
+                         notes: str, defaults: SamplerDefaults | None, dtype: str, reproduce: str) -> Path:
     defaults = dataclasses.replace(defaults or SamplerDefaults(steps=16, guidance=1.0), sampler="ode")
     pipe = Pipeline(model, VQTokenizer.from_pretrained(cfg.tokenizer), load_text_encoder(cfg.text_encoder),
                     defaults)
@@ -317,9 +327,10 @@ sample appears per epoch), {mc.resolution} px, the same token cache as the maske
 dropped to "" with probability {cfg.caption_dropout} (for classifier-free guidance).
 
 ## Training
-{cfg.steps} steps x batch {cfg.batch_size}, AdamW lr {cfg.lr} (warm-up {cfg.warmup_steps}, cosine to
-x{cfg.min_lr_ratio}), weight decay {cfg.weight_decay}, EMA {cfg.ema_decay} (these are the weights here);
-flow loss |v_pred - (cos(t) z - sin(t) x0)|^2 at times tan(t) = e^tau / sigma_d, tau ~ N(-1, 1.4).
+{"" if not cfg.init_from else f"Warm-started from `{cfg.init_from}`, then "}{cfg.steps} steps x batch \
+{cfg.batch_size}, AdamW lr {cfg.lr} ({lr_text(cfg)}), weight decay {cfg.weight_decay}, EMA {cfg.ema_decay} \
+(these are the weights here); flow loss |v_pred - (cos(t) z - sin(t) x0)|^2 at times \
+tan(t) = e^tau / sigma_d, tau ~ N({mc.time_mean}, {mc.time_std}).
 Last logged train loss {last['loss']:.4f}.
 {notes}
 
@@ -333,14 +344,7 @@ Val splits (never trained on), the same times and noise every time it is measure
 {rows}
 | all | {w['val_loss']:.4f} |
 
-## Reproduce
-```
-make demo                                   # builds data/emoji and the venv
-fastmuse train transformer --config configs/{name}.json --out runs/{name}
-fastmuse transformer export --run runs/{name} --out src/fastmuse/assets/{name} \\
-    --steps {d.steps} --guidance {d.guidance}
-```
-"""
+{reproduce_text(name, reproduce, f" --steps {d.steps} --guidance {d.guidance}")}"""
     files = {"grid.png": _png(grid), "eval.json": (json.dumps(ev, indent=2) + "\n").encode(),
              "loss.png": _png(plot_curves(records, ["loss", "val_loss"], "flow loss")),
              "metrics.jsonl": (run / "metrics.jsonl").read_bytes()}
