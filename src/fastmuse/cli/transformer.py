@@ -38,8 +38,11 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAction) -> None:
-    add_train_parser(train_sub, "transformer", "train a masked text-to-image transformer",
-                     "Masked-token training from a TransformerTrainConfig JSON (see configs/muse-128.json). "
+    add_train_parser(train_sub, "transformer", "train a text-to-image transformer (masked, autoregressive or "
+                     "diffusion)",
+                     "Training from a TransformerTrainConfig JSON: its model's kind picks the objective "
+                     "(masked tokens: configs/muse-128.json, next token: configs/ar-128.json, TrigFlow "
+                     "diffusion on the tokenizer's latent: configs/dit-128-v2.json). "
                      "Images and captions are encoded once into the config's cache_dir first.",
                      "run folder: metrics.jsonl, samples/, checkpoints/, transformer/ (EMA weights)",
                      cmd_train)
