@@ -42,6 +42,11 @@ class DistillConfig(RunConfig):
     # faster on AMX CPUs and GPUs, much slower on AVX2 CPUs (benchmarks/bf16_matmul.py)
     mixed_precision: str = "no"
 
+    @property
+    def autocast_precision(self) -> str:
+        """The `fast.autocast` precision of the run's forward passes."""
+        return "bf16" if self.mixed_precision == "bf16" else "fp32"
+
     def validate(self) -> None:
         super().validate()
         check_choice("mixed_precision", self.mixed_precision, self.precisions)

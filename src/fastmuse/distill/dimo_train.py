@@ -143,7 +143,7 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
         reference_points(run, teacher, student_pipe, probe, g)
 
     remask = lambda tokens, gen: random_mask(tokens, tm.mask_id, gen)  # noqa: E731 - the teacher's schedule
-    grid, precision = tcfg.grid, "bf16" if cfg.mixed_precision == "bf16" else "fp32"
+    grid, precision = tcfg.grid, cfg.autocast_precision
     blank = torch.full((cfg.batch_size, grid, grid), tm.mask_id, device=device)
     bar = run.steps("dimo")
     for step in bar:

@@ -192,7 +192,7 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
     rows = data.train.cap_rows  # every caption of the training split (alternatives included)
     g = teacher_guidance(cfg, teacher)
     times = student_times(cfg.student_steps)
-    precision = "bf16" if cfg.mixed_precision == "bf16" else "fp32"
+    precision = cfg.autocast_precision
     shape = (cfg.batch_size, tm.config.channels, tm.config.grid, tm.config.grid)
 
     torch.manual_seed(cfg.seed)
