@@ -70,18 +70,20 @@ def test_generate_fast_picks_the_one_step_model(tmp_path, capsys):
     assert "--fast" in capsys.readouterr().err
 
 
-def test_diffusion_teacher_and_dmd_student_bundled():
-    """dit-128 (Heun ODE, 16 steps with guidance: 62 network passes) draws the colour asked
-    for; it and the one-step DMD student load verified and generate 128 px images; the student
-    takes 1 step and nothing else."""
-    for name in ("dit-128", "dmd-128"):
+def test_diffusion_teacher_and_dmd2_student_bundled():
+    """dit-128 (Heun ODE, 16 steps with guidance: 62 network passes) and its one-step DMD2
+    student both draw the colour asked for; the student takes 1 step and nothing else."""
+    for name in ("dit-128", "dmd2-128"):
         assert {"README.md", "sampler.json", "grid.png", "metrics.jsonl"} <= set(load_checkpoint(name).files)
-    teacher, student = Pipeline.from_pretrained("dit-128"), Pipeline.from_pretrained("dmd-128")
+    teacher, student = Pipeline.from_pretrained("dit-128"), Pipeline.from_pretrained("dmd2-128")
     assert teacher.defaults.sampler == "ode" and teacher.network_evaluations(12, 1.0) == 46
     assert teacher.network_evaluations(teacher.defaults.steps, teacher.defaults.guidance) == 62
     for colour in ("blue", "red"):
         assert [dominant_colour(im) for im in teacher(f"a {colour} circle", n=2, seed=0)] == [colour] * 2
     assert student.defaults.sampler == "few_step" and student.network_evaluations(1, 0.0) == 1
+    for colour in ("blue", "red", "yellow", "green"):
+        found = [dominant_colour(im) for im in student(f"a {colour} circle", n=4, seed=0)]
+        assert found.count(colour) >= 3, (colour, found)
     assert teacher("a red circle", steps=2)[0].size == student("a red circle")[0].size == (128, 128)
     with pytest.raises(ConfigError, match="1-step student takes 1"):
         student("a red circle", steps=4)
