@@ -49,6 +49,13 @@ def test_autoregressive_baseline_bundled():
     assert [dominant_colour(im) for im in images] == ["blue", "blue"]
 
 
+def assert_draws_colours(pipe: Pipeline) -> None:
+    """"a COLOUR circle" gives that colour in at least 3 of 4 images, for 4 colours."""
+    for colour in ("red", "blue", "yellow", "green"):
+        found = [dominant_colour(im) for im in pipe(f"a {colour} circle", n=4, seed=0)]
+        assert found.count(colour) >= 3, (colour, found)
+
+
 def test_one_step_student_bundled():
     """dimo-128, the Di[M]O student of muse-128, loads verified, takes one step and follows the
     colour of a prompt in at least 3 of 4 images (its speckle sometimes outvotes a blue blob
@@ -57,9 +64,7 @@ def test_one_step_student_bundled():
     assert {"README.md", "sampler.json", "grid.png", "metrics.jsonl"} <= set(ckpt.files)
     student = Pipeline.from_pretrained("dimo-128")
     assert student.defaults.sampler == "one_step" and student.defaults.steps == 1
-    for colour in ("red", "blue", "yellow", "green"):
-        found = [dominant_colour(im) for im in student(f"a {colour} circle", n=4, seed=0)]
-        assert found.count(colour) >= 3, (colour, found)
+    assert_draws_colours(student)
 
 
 def test_generate_fast_picks_the_one_step_model(tmp_path, capsys):
@@ -81,9 +86,7 @@ def test_diffusion_teacher_and_dmd2_student_bundled():
     for colour in ("blue", "red"):
         assert [dominant_colour(im) for im in teacher(f"a {colour} circle", n=2, seed=0)] == [colour] * 2
     assert student.defaults.sampler == "few_step" and student.network_evaluations(1, 0.0) == 1
-    for colour in ("blue", "red", "yellow", "green"):
-        found = [dominant_colour(im) for im in student(f"a {colour} circle", n=4, seed=0)]
-        assert found.count(colour) >= 3, (colour, found)
+    assert_draws_colours(student)
     assert teacher("a red circle", steps=2)[0].size == student("a red circle")[0].size == (128, 128)
     with pytest.raises(ConfigError, match="1-step student takes 1"):
         student("a red circle", steps=4)
