@@ -244,7 +244,7 @@ def test_shipped_configs_load(path):
 @pytest.mark.parametrize("path", sorted([*ROOT.glob("configs/ablations/*.json"),
                                          *ROOT.glob("configs/gpu/*.json")]), ids=lambda p: p.name)
 def test_ablation_configs_load(path):
-    if distill_config_loads(path):  # the DMD2 ablations
+    if distill_config_loads(path):  # the DMD2 and sCD ablations
         return
     cfg = TransformerTrainConfig.load(path)
     assert cfg.tokenizer == cfg.model.tokenizer and cfg.eval_shapes

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -179,6 +180,27 @@ def fake_update(cfg: DMDConfig, fake: DiT, head: DiscriminatorHead, opt: torch.o
     return logs
 
 
+def student_loss(cfg: DMDConfig, student: DiT, fake: DiT, head: DiscriminatorHead, text,
+                 real_v, times: tuple[float, ...], shape: tuple[int, ...], gen: torch.Generator,
+                 regress=None) -> tuple[torch.Tensor, dict[str, float]]:
+    """G's loss on one batch: distribution matching (the teacher's guided velocity `real_v`
+    against the fake denoiser's, frozen here), + the GAN term, + DMD1's regression `regress(gen)`."""
+    fake.requires_grad_(False)
+    fctx = fake.prepare_text(text)
+    x = generator_sample(student, text, times, shape, gen, grad=True)
+    loss, logs = generator_loss(x, real_v, lambda x_t, t, c=fctx: fake.velocity(x_t, t, c), gen)
+    if cfg.gan:
+        gan = gan_generator_loss(x, gan_logits(fake, head, fctx), gen)
+        loss = loss + cfg.gan_weight * gan
+        logs["loss_gan"] = gan.item()
+    if regress is not None:
+        reg = regress(gen)
+        loss = loss + cfg.regression_weight * reg
+        logs["loss_regression"] = reg.item()
+    fake.requires_grad_(True)
+    return loss, logs
+
+
 def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: int | None = None,
                 device: str | torch.device = "cpu") -> Path:
     """Run into folder `out` on `device` (cpu, cuda, cuda:N, auto); returns the student model
@@ -209,8 +231,10 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
     probe = list(cfg.sample_prompts)
     if start == 0:
         save_samples(out, teacher(probe, seed=0), probe, "teacher")
+    regress = None
     if cfg.method == "dmd":
         pair_rows, pairs = regression_pairs(teacher, cfg, data, out)
+        regress = partial(regression_loss, student, cfg, data.captions, pair_rows, pairs, times[0])
     uncond_one = teacher.uncond()
 
     def real_batch(gen: torch.Generator) -> torch.Tensor:  # the GAN's real side
@@ -230,21 +254,9 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
                 x = generator_sample(student, text, times, shape, gen, grad=False)
             logs = fake_update(cfg, fake, head, opt_f, x, text, real_batch, gen, precision)
 
-        fake.requires_grad_(False)
         with autocast(precision, device):
-            fctx = fake.prepare_text(text)
-            x = generator_sample(student, text, times, shape, gen, grad=True)
-            loss, dm_logs = generator_loss(x, real_v, lambda x_t, t, c=fctx: fake.velocity(x_t, t, c), gen)
-            logs.update(dm_logs)
-            if cfg.gan:
-                gan = gan_generator_loss(x, gan_logits(fake, head, fctx), gen)
-                loss = loss + cfg.gan_weight * gan
-                logs["loss_gan"] = gan.item()
-            if cfg.method == "dmd":
-                reg = regression_loss(student, cfg, data.captions, pair_rows, pairs, times[0], gen)
-                loss = loss + cfg.regression_weight * reg
-                logs["loss_regression"] = reg.item()
-        fake.requires_grad_(True)
+            loss, g_logs = student_loss(cfg, student, fake, head, text, real_v, times, shape, gen, regress)
+        logs.update(g_logs)
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip).item()
