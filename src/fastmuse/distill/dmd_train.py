@@ -18,6 +18,7 @@ metrics.jsonl, samples/, checkpoints/ and, at the end, student/: a model folder.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -182,7 +183,8 @@ def fake_update(cfg: DMDConfig, fake: DiT, head: DiscriminatorHead, opt: torch.o
 
 def student_loss(cfg: DMDConfig, student: DiT, fake: DiT, head: DiscriminatorHead, text,
                  real_v, times: tuple[float, ...], shape: tuple[int, ...], gen: torch.Generator,
-                 regress=None) -> tuple[torch.Tensor, dict[str, float]]:
+                 regress: Callable[[torch.Generator], torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
     """G's loss on one batch: distribution matching (the teacher's guided velocity `real_v`
     against the fake denoiser's, frozen here), + the GAN term, + DMD1's regression `regress(gen)`."""
     fake.requires_grad_(False)
