@@ -3,6 +3,7 @@ finite differences (a small MLP and a DiT with attention), each stabiliser, the 
 guard, and 1- and 2-step samples of sCT (from data) and sCD (from the exact-score teacher)."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from fastmuse.distill.scm import (
     AdaptiveWeight,
     SCMSettings,
+    TangentDrift,
     check_finite,
     consistency_tangent,
     consistency_times,
@@ -64,6 +66,23 @@ def test_jvp_through_the_dit_matches_finite_differences(text_path):
     assert torch.allclose(v, velocity(x_t, t), atol=1e-5)
     jvp_g = consistency_tangent(x_t, t, v, dv, dxdt)
     assert (jvp_g - finite_difference_tangent(velocity, x_t, t, dxdt, h=1e-2)).abs().max() < 1e-3
+
+
+def test_tangent_drift_warns_once_when_the_norm_climbs():
+    drift = TangentDrift(start=10, span=20, warn=1.6, window=4)
+    assert drift.add(5, 100.0) is None  # in the warm-up: ignored
+    level = zip((15, 20, 25, 30), (8.0, 9.0, 12.0, 9.0), strict=True)
+    assert all(drift.add(s, n) is None for s, n in level)  # the reference level: median 9
+    assert drift.add(35, float("nan")) is None and drift.add(40, None) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning while it holds
+        assert [round(drift.add(s, 9.0), 3) for s in (45, 50)] == [1.0, 1.0]
+    with pytest.warns(UserWarning, match="tangent norm is 2.5x"):
+        ratios = [drift.add(s, 36.0) for s in (55, 60, 65)]
+    assert ratios == [1.0, 2.5, 4.0]  # medians of the last 4 logged norms over 9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per run
+        drift.add(70, 50.0)
 
 
 def test_stabilisers_and_guard():

@@ -25,11 +25,16 @@ def scm_cfg(parts, teacher, **kw) -> SCMConfig:  # noqa: F811
 
 
 def test_scd_run_resumes_exactly_and_the_student_samples_in_one_or_two_steps(parts, teacher, tmp_path):  # noqa: F811
-    cfg = scm_cfg(parts, teacher)
+    cfg = scm_cfg(parts, teacher, drift_span=1)
     names = ("student", "weight", "ema", "optimizer_student", "optimizer_weight")
     student_dir = assert_resumes_exactly(distill_scm, cfg, tmp_path, names)
-    logs = [json.loads(x) for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    logs, resumed = ([json.loads(x) for x in (tmp_path / f"{r}/metrics.jsonl").read_text().splitlines()]
+                     for r in "ab")
     assert [r["step"] for r in logs] == [1, 2, 3, 4]
+    # the drift ratio: step 3 (after the 2-step warm-up) sets the level, step 4 is compared with
+    # it; the resumed run rebuilt the level from its log
+    assert "tangent_drift" not in logs[2] and logs[3]["tangent_drift"] > 0
+    assert resumed[3]["tangent_drift"] == logs[3]["tangent_drift"]
     assert {"loss", "loss_mse", "tangent_norm", "tangent_max", "grad_norm", "skipped"} <= set(logs[-1])
     assert [r["ramp"] for r in logs] == [0.0, 0.5, 1.0, 1.0]  # the tangent warm-up
     assert "sCD" in (student_dir / "README.md").read_text()

@@ -10,7 +10,9 @@ student folder samples in `student_steps` (1 or 2, times pi/2 and 1.1).
 
 Every step logs its loss, the unweighted consistency MSE, the tangent norms, the gradient norm
 before clipping and whether it was skipped: a non-finite loss skips the update, and
-`max_bad_steps` of them in a row stop the run. Every random draw of step s comes from a
+`max_bad_steps` of them in a row stop the run. A finite loss does not mean a healthy run: the
+raw tangent norm's drift over its level after the warm-up (`TangentDrift`) is logged as
+`tangent_drift`, with a warning when it passes `drift_warn`. Every random draw of step s comes from a
 generator seeded by (seed, s), so `--resume` continues exactly.
 """
 
@@ -40,7 +42,7 @@ from .common import (
     teacher_and_data,
     teacher_guidance,
 )
-from .scm import AdaptiveWeight, SCMSettings, check_finite, consistency_times, scm_loss
+from .scm import AdaptiveWeight, SCMSettings, TangentDrift, check_finite, consistency_times, scm_loss
 
 
 @dataclass
@@ -57,6 +59,8 @@ class SCMConfig(DistillConfig):
     p_mean: float = -1.0
     p_std: float = 1.4
     max_bad_steps: int = 5  # non-finite losses in a row before the run stops
+    drift_warn: float = 1.6  # warn when the tangent norm passes this x its post-warm-up level; 0: off
+    drift_span: int = 100  # steps after the tangent warm-up that set that level
     log_every: int = 5
 
     def validate(self) -> None:
@@ -66,6 +70,8 @@ class SCMConfig(DistillConfig):
         for name in ("tangent_norm", "tangent_warmup", "weight_lr"):
             check_range(name, getattr(self, name), 0.0)
         check_range("p_std", self.p_std, 1e-3)
+        check_range("drift_warn", self.drift_warn, 0.0)
+        check_range("drift_span", self.drift_span, 1)
         check_range("max_bad_steps", self.max_bad_steps, 1)
 
     def settings(self) -> SCMSettings:
@@ -108,6 +114,9 @@ def distill_scm(cfg: SCMConfig, out: str | Path, resume: bool = False, stop_at: 
     if start == 0:
         save_samples(out, teacher(probe, seed=0), probe, "teacher")
     uncond = teacher.uncond().repeat(cfg.batch_size)
+    drift = TangentDrift(cfg.tangent_warmup, cfg.drift_span, cfg.drift_warn)
+    for record in run.history():  # a resumed run picks up the norms it logged
+        drift.add(record["step"], record.get("tangent_norm"))
 
     bad = 0
     bar = run.steps(f"{cfg.mode}")
@@ -142,6 +151,8 @@ def distill_scm(cfg: SCMConfig, out: str | Path, resume: bool = False, stop_at: 
         done = step + 1
         update_ema(ema, student, cfg.ema_decay, done)
         if run.due(done, cfg.log_every) or bad:
+            if (ratio := drift.add(done, logs["tangent_norm"])) is not None:
+                logs["tangent_drift"] = ratio
             run.log({"step": done, **logs})
             bar.set_postfix(loss=f"{logs['loss']:.4f}", grad=f"{logs['grad_norm']:.2f}")
         if run.due(done, cfg.eval_every):

@@ -40,6 +40,10 @@ class JsonlLogger:
             out.append((line, record))
         return out
 
+    def records(self) -> list[dict[str, Any]]:
+        """What the log holds (after a resume's trim: the run up to its checkpoint)."""
+        return [record for _, record in self._records()]
+
     def log(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                  for k, v in record.items()}

@@ -129,6 +129,10 @@ class Run:
         if self.logger is not None:
             self.logger.log(record)
 
+    def history(self) -> list[dict[str, Any]]:
+        """The records logged so far (a resumed run: those up to its checkpoint)."""
+        return self.logger.records() if self.logger is not None else []
+
     def checkpoint(self, done: int, buffers: Mapping[str, torch.Tensor] | None = None) -> None:
         """checkpoints/step-N when due (`buffers`: tensors outside any state_dict, as open's)."""
         if not self.due(done, self.cfg.save_every):
