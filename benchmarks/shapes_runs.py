@@ -4,10 +4,11 @@
         [--order confidence halton] [--world 90001 12345] [--out table.md] [--curves curves.png]
 
 Each run's final EMA weights (RUN/transformer) are sampled with the run's own tokenizer, text
-encoder, sample_steps and sample_guidance, on every category of the suite (shapes-v1's
-prompts, or the same categories drawn from another shapes world with --world), once per
-MaskGIT order. One markdown row per (run, world, order). --curves also draws each run's
-learning curve of shapes accuracy (the `shapes_overall` its training logged, eval_shapes).
+encoder and sampler (sample_steps, _guidance, _temperature, _guidance_interval), on every
+category of the suite (shapes-v1's prompts, or the same categories drawn from another shapes
+world with --world), once per MaskGIT order. One markdown row per (run, world, order).
+--curves also draws each run's learning curve of shapes accuracy (the `shapes_overall` its
+training logged, eval_shapes).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from fastmuse.eval.shapes_suite import CATEGORIES, EVAL_WORLD
 from fastmuse.eval.suite import EvalSettings, shapes_accuracy
 from fastmuse.fsutil import atomic_write_text
 from fastmuse.models import load_transformer
-from fastmuse.pipeline import Pipeline, SamplerDefaults
+from fastmuse.pipeline import Pipeline
 from fastmuse.text import load_text_encoder
 from fastmuse.tokenizer import VQTokenizer
 from fastmuse.train.masked import TransformerTrainConfig
@@ -31,9 +32,8 @@ from fastmuse.train.plot import plot_curves
 
 def run_pipeline(run: Path) -> tuple[Pipeline, TransformerTrainConfig]:
     cfg = TransformerTrainConfig.load(run / "config.json")
-    defaults = SamplerDefaults(steps=cfg.sample_steps, guidance=cfg.sample_guidance)
     pipe = Pipeline(load_transformer(run / "transformer"), VQTokenizer.from_pretrained(cfg.tokenizer),
-                    load_text_encoder(cfg.text_encoder), defaults)
+                    load_text_encoder(cfg.text_encoder), cfg.sampler())
     return pipe, cfg
 
 

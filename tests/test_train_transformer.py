@@ -55,15 +55,24 @@ def test_run_writes_everything(parts, tmp_path):
     assert len(cache.train) == 12 and len(cache.val) == 4 and cache.train.tokens.shape[1:] == (16, 16)
 
 
-def test_shapes_learning_curve_is_logged(parts, tmp_path):
-    train_transformer(cfg_for(parts, steps=2, eval_shapes=("single", "colour"), eval_shapes_seeds=1),
-                      tmp_path / "run")
+def test_shapes_learning_curve_is_logged(parts, tmp_path, monkeypatch):
+    from fastmuse.eval import suite
+
+    seen, real = [], suite.shapes_accuracy
+    monkeypatch.setattr(suite, "shapes_accuracy",
+                        lambda pipe, *a: seen.append(pipe.defaults) or real(pipe, *a))
+    train_transformer(cfg_for(parts, steps=2, eval_shapes=("single", "colour"), eval_shapes_seeds=1,
+                              sample_temperature=0.7, sample_guidance_interval=(0.0, 0.5)), tmp_path / "run")
+    # measured with the sampler the model will ship with, not the sampler's defaults
+    assert [(d.steps, d.temperature, d.guidance_interval) for d in seen] == [(2, 0.7, [0.0, 0.5])]
     logs = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     point = next(r for r in logs if "shapes_overall" in r)
     assert point["step"] == 2 and {"shapes_single", "shapes_colour"} <= set(point)
     assert all(0 <= point[k] <= 1 for k in point if k.startswith("shapes_"))
     with pytest.raises(ConfigError, match="eval_shapes entry"):
         cfg_for(parts, eval_shapes=("squares",))
+    with pytest.raises(ConfigError, match="sample_guidance_interval is"):
+        cfg_for(parts, sample_guidance_interval=(0.5, 0.5))
 
 
 def test_resume_is_exact(parts, tmp_path):

@@ -48,6 +48,7 @@ from .scm import AdaptiveWeight, SCMSettings, TangentDrift, check_finite, consis
 @dataclass
 class SCMConfig(DistillConfig):
     kind = "distill_scm"
+    later_keys = (*DistillConfig.later_keys, "drift_warn", "drift_span")
     teacher: str = "dit-128"  # a diffusion model (kind "dit"): the student's start, sCD's tangent
     mode: Literal["scd", "sct"] = "scd"
     student_steps: int = 2  # the student folder's default sampling steps (1 or 2)

@@ -69,11 +69,11 @@ def check_sampler_args(steps: int, guidance: float, schedule: str, guidance_sche
     check_guidance_interval(guidance_interval)
 
 
-def check_guidance_interval(interval: tuple[float, float]) -> None:
+def check_guidance_interval(interval: tuple[float, float], name: str = "guidance_interval") -> None:
     if (not isinstance(interval, list | tuple) or len(interval) != 2
             or not all(isinstance(v, int | float) for v in interval)
             or not 0 <= interval[0] < interval[1] <= 1):
-        raise ConfigError(f"guidance_interval is {interval!r}; accepted: two numbers lo, hi with "
+        raise ConfigError(f"{name} is {interval!r}; accepted: two numbers lo, hi with "
                           "0 <= lo < hi <= 1 (the fraction of the steps that are guided)")
 
 

@@ -39,6 +39,7 @@ from ..models.autoregressive import ARTransformerConfig
 from ..models.dit import latent_scale, token_latents
 from ..models.transformer import MICRO_CONDS, MaskedTransformerConfig, low_res_grid, micro_names
 from ..sampling.families import SamplerDefaults, SamplingRun, family_for
+from ..sampling.maskgit import check_guidance_interval
 from ..sampling.noise import random
 from ..text.cache import EmbeddingCache
 from .distributed import make_accelerator
@@ -78,13 +79,20 @@ class TransformerTrainConfig(RunConfig):
     sample_prompts: tuple[str, ...] = SAMPLE_PROMPTS
     sample_steps: int = 12
     sample_guidance: float = 3.0
+    # the rest of the sampler the grids and the shapes curve use: set them to what the model
+    # will ship with (`transformer export --temperature --guidance-interval`), or the curve
+    # measures another sampler (muse-128's run logged 0.24 at temperature 1, guided throughout,
+    # where its exported sampler, 0.7 and the first half guided, scores 0.87)
+    sample_temperature: float = 1.0
+    sample_guidance_interval: tuple[float, float] = (0.0, 1.0)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     # shapes-suite categories measured at every eval (EMA weights, sample_steps/_guidance):
     # the learning curve of what the images show, not only of token accuracy; () = off
     eval_shapes: tuple[str, ...] = ()
     eval_shapes_seeds: int = 2
 
-    later_keys = ("eval_shapes", "eval_shapes_seeds", "loss_weighting")
+    later_keys = ("eval_shapes", "eval_shapes_seeds", "loss_weighting", "sample_temperature",
+                  "sample_guidance_interval")
 
     def validate(self) -> None:
         super().validate()
@@ -93,6 +101,8 @@ class TransformerTrainConfig(RunConfig):
         for name in ("caption_dropout", "alt_caption_prob", "label_smoothing", "ema_decay", "micro_dropout"):
             check_range(name, getattr(self, name), 0.0, 1.0)
         check_range("eval_shapes_seeds", self.eval_shapes_seeds, 1, 16)
+        check_range("sample_temperature", self.sample_temperature, 0.0)
+        check_guidance_interval(self.sample_guidance_interval, "sample_guidance_interval")
         for c in self.eval_shapes:
             check_choice("eval_shapes entry", c, SHAPES_CATEGORIES)
         check_range("read_resolution", self.read_resolution, 0)
@@ -102,6 +112,12 @@ class TransformerTrainConfig(RunConfig):
         if len(self.repeats) != len(self.data) or min(self.repeats) < 1:
             raise ConfigError(f"'repeats' is {list(self.repeats)}; accepted: one integer >= 1 per "
                               f"entry of 'data' ({len(self.data)})")
+
+    def sampler(self) -> SamplerDefaults:
+        """The sampler of the run's grids and shapes curve."""
+        return SamplerDefaults(steps=self.sample_steps, guidance=self.sample_guidance,
+                               temperature=self.sample_temperature,
+                               guidance_interval=list(self.sample_guidance_interval))
 
 
 def pick_captions(split: TokenSplit, idx: list[int], cfg: TransformerTrainConfig, empty_row: int,
@@ -200,8 +216,8 @@ def evaluate_masked(model: Transformer, split: TokenSplit, captions: EmbeddingCa
 
 
 @torch.no_grad()
-def sample_grid(model: Transformer, tokenizer, encoder, prompts: tuple[str, ...], steps: int,
-                guidance: float, seed: int = 0, low_res: torch.Tensor | None = None):
+def sample_grid(model: Transformer, tokenizer, encoder, prompts: tuple[str, ...], defaults: SamplerDefaults,
+                seed: int = 0, low_res: torch.Tensor | None = None):
     """One image per prompt (a super-resolution model: from the grids `low_res`, one per prompt)."""
     device = next(model.parameters()).device
     text = encoder.encode(list(prompts))
@@ -213,8 +229,8 @@ def sample_grid(model: Transformer, tokenizer, encoder, prompts: tuple[str, ...]
         cond = model.prepare_text(text)
         uncond = model.prepare_text(encoder.encode([""] * len(prompts)))
     gen = torch.Generator().manual_seed(seed)
-    defaults = SamplerDefaults(steps=steps, guidance=guidance)
     family = family_for(model, defaults)
+    steps, guidance = defaults.steps, defaults.guidance
     opts = family.check(defaults, steps, guidance, family.options(defaults))
     run = SamplingRun(family, model, cond, uncond, steps, guidance, opts, gen)
     images = family.decode(tokenizer, model, run.fill(family.start(model, len(prompts), gen, device)))
@@ -241,8 +257,7 @@ def shapes_curve_point(model: Transformer, tokenizer, encoder, cfg: TransformerT
     from ..eval.suite import EvalSettings, shapes_accuracy
     from ..pipeline import Pipeline
 
-    pipe = Pipeline(model, tokenizer, encoder, SamplerDefaults(steps=cfg.sample_steps,
-                                                               guidance=cfg.sample_guidance))
+    pipe = Pipeline(model, tokenizer, encoder, cfg.sampler())
     accuracy, _, _ = shapes_accuracy(pipe, EvalSettings(seeds=cfg.eval_shapes_seeds), cfg.eval_shapes)
     return {f"shapes_{k}": v for k, v in accuracy.items()}
 
@@ -321,8 +336,8 @@ def evaluate(run: Run, ema: Transformer, tokenizer, encoder, data: TokenData, lo
     if low is not None:  # upsample val images' low-res tokens, with their captions
         rows, captions = grid_rows(data, len(prompts))
         prompts, low_res = tuple(captions), low.val.tokens[rows]
-    sample_grid(ema, tokenizer, encoder, prompts, cfg.sample_steps, cfg.sample_guidance,
-                low_res=low_res).save(run.out / "samples" / f"step-{done:06d}.png")
+    grid = sample_grid(ema, tokenizer, encoder, prompts, cfg.sampler(), low_res=low_res)
+    grid.save(run.out / "samples" / f"step-{done:06d}.png")
     if cfg.eval_shapes and low is None:
         run.log({"step": done, **shapes_curve_point(ema, tokenizer, encoder, cfg)})
 
