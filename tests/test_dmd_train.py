@@ -171,6 +171,19 @@ def test_dmd1_regression_cli_and_bad_input(parts, teacher, tmp_path, capsys):
         DMDConfig(student_steps=3)
 
 
+def test_student_init_starts_g_from_another_student(parts, teacher, tmp_path):
+    first = distill_dmd(dmd_cfg(parts, teacher, gan=False, steps=2), tmp_path / "first")
+    # lr 0: G (and its EMA, the saved student) stays where it started, the first run's student
+    again = distill_dmd(dmd_cfg(parts, teacher, gan=False, steps=2, lr=0.0, student_init=str(first)),
+                        tmp_path / "again")
+    start, end = (DiT.from_pretrained(d).state_dict() for d in (first, again))
+    assert all(torch.equal(start[k], end[k]) for k in start)
+    assert any(not torch.equal(start[k], v) for k, v in DiT.from_pretrained(teacher).state_dict().items())
+    with pytest.raises(ConfigError, match="student_init .* is not a model of the teacher"):
+        distill_dmd(dmd_cfg(parts, teacher, steps=2, student_init=str(tiny_pipeline(tmp_path / "masked"))),
+                    tmp_path / "bad")
+
+
 @pytest.mark.parametrize("method", ["dmd", "dmd2"])
 def test_a_run_creates_nothing_off_the_model_device(parts, teacher, tmp_path, method):
     """DMD (regression pairs) and DMD2 (GAN head, two student steps) under torch's default device

@@ -33,7 +33,7 @@ from ..config import check_range
 from ..errors import ConfigError
 from ..fast import autocast, resolve_device
 from ..fsutil import atomic_write_bytes
-from ..models import DiT
+from ..models import DiT, load_transformer
 from ..models.dit import token_latents
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.noise import random
@@ -67,6 +67,10 @@ class DMDConfig(DistillConfig):
     regression_weight: float = 0.25  # method "dmd"
     regression_pairs: int = 64
     regression_batch: int = 4
+    # a model folder of the teacher's architecture (e.g. an sCD student) G starts from instead
+    # of the teacher; the fake denoiser still starts as the teacher ("": G is the teacher's copy)
+    student_init: str = ""
+    later_keys = (*DistillConfig.later_keys, "student_init")
 
     def validate(self) -> None:
         super().validate()
@@ -84,6 +88,21 @@ class DMDConfig(DistillConfig):
 
 def student_defaults(cfg: DMDConfig) -> SamplerDefaults:
     return SamplerDefaults(sampler="few_step", steps=cfg.student_steps, guidance=0.0)
+
+
+def initial_student(cfg: DMDConfig, teacher: DiT) -> DiT:
+    """G at step 0: a copy of the teacher, or of `student_init` (same architecture required)."""
+    student = copy.deepcopy(teacher)
+    if not cfg.student_init:
+        return student
+    with torch.device("cpu"):
+        init = load_transformer(cfg.student_init)
+    if init.config != teacher.config:
+        raise ConfigError(f"student_init {cfg.student_init!r} is not a model of the teacher "
+                          f"{cfg.teacher!r}'s architecture; accepted: a student distilled from it "
+                          "(e.g. runs/NAME/student)")
+    student.load_state_dict(init.state_dict())
+    return student
 
 
 def regression_set(teacher: Pipeline, cfg: DMDConfig, prompts: list[str], path: Path
@@ -210,7 +229,7 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
     (the same run on any device)."""
     out = Path(out)
     device = resolve_device(device)
-    run = Run(out, cfg, resume, stop_at, fixed=("teacher", "method", "student_steps", "gan"))
+    run = Run(out, cfg, resume, stop_at, fixed=("teacher", "method", "student_steps", "gan", "student_init"))
     teacher, data = teacher_and_data(cfg, device, load_diffusion_teacher)
     tm = teacher.transformer.requires_grad_(False)
     rows = data.train.cap_rows  # every caption of the training split (alternatives included)
@@ -220,11 +239,11 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
     shape = (cfg.batch_size, tm.config.channels, tm.config.grid, tm.config.grid)
 
     torch.manual_seed(cfg.seed)
-    student = copy.deepcopy(tm).train().requires_grad_(True)
+    student = initial_student(cfg, tm).train().requires_grad_(True)
     fake = copy.deepcopy(tm).train().requires_grad_(True)
     with torch.device("cpu"):  # initialised on the CPU: the same head on any device
         head = DiscriminatorHead(tm.config.dim).to(device)
-    ema = copy.deepcopy(tm).eval()
+    ema = copy.deepcopy(student).eval()
     opt_g = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.01)
     opt_f = torch.optim.AdamW([*fake.parameters(), *head.parameters()], lr=cfg.fake_lr, weight_decay=0.01)
     start = run.open({"student": student, "fake": fake, "head": head, "ema": ema},
