@@ -3,13 +3,14 @@ instability visible, the non-finite guard, a student folder that samples in 1 or
 errors."""
 
 import json
+from functools import partial
 
 import pytest
 import torch
 
 from fastmuse.cli import main
 from fastmuse.distill import scm_train
-from fastmuse.distill.scm import MID_TIME
+from fastmuse.distill.scm import MID_TIME, TangentDrift
 from fastmuse.distill.scm_train import SCMConfig, distill_scm
 from fastmuse.errors import ConfigError, FastMuseError
 from fastmuse.pipeline import Pipeline
@@ -24,7 +25,9 @@ def scm_cfg(parts, teacher, **kw) -> SCMConfig:  # noqa: F811
     return SCMConfig(**{**base, **kw})
 
 
-def test_scd_run_resumes_exactly_and_the_student_samples_in_one_or_two_steps(parts, teacher, tmp_path):  # noqa: F811
+def test_scd_run_resumes_exactly_and_the_student_samples_in_one_or_two_steps(parts, teacher, tmp_path,  # noqa: F811
+                                                                            monkeypatch):
+    monkeypatch.setattr(scm_train, "TangentDrift", partial(TangentDrift, window=1))
     cfg = scm_cfg(parts, teacher, drift_span=1)
     names = ("student", "weight", "ema", "optimizer_student", "optimizer_weight")
     student_dir = assert_resumes_exactly(distill_scm, cfg, tmp_path, names)

@@ -114,9 +114,10 @@ def scm_loss(velocity: Velocity, x_t: torch.Tensor, t: torch.Tensor, dxdt: torch
 class TangentDrift:
     """The raw tangent norm's drift: the median of the last `window` logged norms over the
     median of those logged in the `span` steps after `start` (the end of the tangent warm-up);
-    None until both exist. Above `warn` (0: never) it warns, once. Measured (docs/distillation.md):
-    the p_mean 0, lr 3e-5 sCD run reached x1.9 at update 350, as its samples turned to haze, and
-    x3.0 at 600 (blank); the same run at lr 1e-5 stayed at or below x1.4 for 900 updates."""
+    None until both exist (a full window). Above `warn` (0: never) it warns, once. Measured
+    (docs/distillation.md): the p_mean 0, lr 3e-5 sCD run reached x1.9 at update 350, as its
+    samples turned to haze, and x3.0 at 600 (blank); the same run at lr 1e-5 stayed at or below
+    x1.4 for 900 updates."""
 
     start: int
     span: int = 100
@@ -133,7 +134,7 @@ class TangentDrift:
             self.reference.append(norm)
             return None
         self.recent = [*self.recent, norm][-self.window:]
-        if not self.reference:
+        if not self.reference or len(self.recent) < self.window:
             return None
         ratio = statistics.median(self.recent) / max(statistics.median(self.reference), 1e-12)
         if self.warn and ratio > self.warn and not self.warned:
