@@ -4,10 +4,10 @@ The student G starts as a copy of the teacher (a latent DiT in TrigFlow form; or
 student of it, `student_init`) and maps noise to an image in `student_steps` denoising steps
 at fixed times (sampling/trigflow.py `student_times`); a multi-step G trains by backward
 simulation: a random step i, its input made by G's own first i steps without gradient. Per
-generator update the fake denoiser (a second copy of the teacher) takes `fake_updates` flow-
-loss updates on fresh G samples; with `gan`, a head on its features learns real vs G images
-and G gets the non-saturating loss. method "dmd" (DMD1) adds the regression loss on (noise,
-teacher ODE output) pairs computed once at the start and kept in the run folder.
+generator update the fake denoiser (a second copy of the teacher) takes `fake_updates`
+flow-loss updates on fresh G samples; with `gan`, a head on its features learns real vs G
+images and G gets the non-saturating loss. method "dmd" (DMD1) adds the regression loss on
+(noise, teacher ODE output) pairs computed once at the start and kept in the run folder.
 
 Prompts are the captions of the teacher's training data (the token cache the teacher trained
 from; their latents are the GAN's real side). Every random draw of step s comes from a generator
