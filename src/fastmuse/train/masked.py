@@ -86,7 +86,7 @@ class TransformerTrainConfig(RunConfig):
     sample_temperature: float = 1.0
     sample_guidance_interval: tuple[float, float] = (0.0, 1.0)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    # shapes-suite categories measured at every eval (EMA weights, sample_steps/_guidance):
+    # shapes-suite categories measured at every eval (EMA weights, the run's `sampler()`):
     # the learning curve of what the images show, not only of token accuracy; () = off
     eval_shapes: tuple[str, ...] = ()
     eval_shapes_seeds: int = 2
