@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastmuse.errors import ConfigError
-from fastmuse.models.dit import DiT, DiTConfig
+from fastmuse.models.dit import DiT, DiTConfig, deepen
 from fastmuse.models.transformer import MaskedTransformer, MaskedTransformerConfig
 from fastmuse.sampling.trigflow import SIGMA_D, flow_loss, ode_sample, sample_time
 from fastmuse.text.encoders import TextEmbedding
@@ -40,6 +40,23 @@ def test_shapes_zero_start_and_round_trip(tmp_path):
         model(torch.randn(1, 1, 16, 16), t[:1], text(torch.tensor([0])))
     with pytest.raises(ConfigError, match="multiple of 'patch'"):
         DiTConfig(grid=18, patch=4)
+
+
+def test_deepen_keeps_the_function_and_trains_the_new_blocks():
+    model = tiny()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    deep = deepen(model, 6)
+    assert deep.config.depth == 6 and len(deep.blocks) == 6
+    x, t, c = torch.randn(3, 3, 16, 16), torch.rand(3), text(torch.tensor([0, 1, 0]))
+    assert torch.allclose(deep(x, t, c), model(x, t, c), atol=1e-6)
+    assert torch.equal(deep.blocks[3].qkv.weight, model.blocks[1].qkv.weight)  # block 1, copy 1
+    deep(x, t, c).square().mean().backward()
+    # the switched-off copies get gradients on what switches them on
+    assert deep.blocks[1].ada.weight.grad[64:96].abs().sum() > 0
+    assert deep.blocks[1].proj_cross.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="not a multiple"):
+        deepen(model, 3)
 
 
 def test_sincos_positions_are_fixed_distinct_and_unit_scale():

@@ -179,7 +179,12 @@ def test_student_init_starts_g_from_another_student(parts, teacher, tmp_path):
     start, end = (DiT.from_pretrained(d).state_dict() for d in (first, again))
     assert all(torch.equal(start[k], end[k]) for k in start)
     assert any(not torch.equal(start[k], v) for k, v in DiT.from_pretrained(teacher).state_dict().items())
-    with pytest.raises(ConfigError, match="student_init .* is not a model of the teacher"):
+    deep = distill_dmd(dmd_cfg(parts, teacher, gan=False, steps=2, student_depth=4), tmp_path / "deep")
+    assert DiT.from_pretrained(deep).config.depth == 4
+    with pytest.raises(ConfigError, match="student_init .* is not a model of the student"):
+        distill_dmd(dmd_cfg(parts, teacher, steps=2, student_depth=4, student_init=str(first)),
+                    tmp_path / "wrong-depth")
+    with pytest.raises(ConfigError, match="student_init .* is not a model of the student"):
         distill_dmd(dmd_cfg(parts, teacher, steps=2, student_init=str(tiny_pipeline(tmp_path / "masked"))),
                     tmp_path / "bad")
 

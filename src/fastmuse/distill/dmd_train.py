@@ -1,13 +1,14 @@
 """`fastmuse distill dmd`: the DMD / DMD2 training run (the method is in dmd.py).
 
-The student G starts as a copy of the teacher (a latent DiT in TrigFlow form; or of another
-student of it, `student_init`) and maps noise to an image in `student_steps` denoising steps
-at fixed times (sampling/trigflow.py `student_times`); a multi-step G trains by backward
-simulation: a random step i, its input made by G's own first i steps without gradient. Per
-generator update the fake denoiser (a second copy of the teacher) takes `fake_updates`
-flow-loss updates on fresh G samples; with `gan`, a head on its features learns real vs G
-images and G gets the non-saturating loss. method "dmd" (DMD1) adds the regression loss on
-(noise, teacher ODE output) pairs computed once at the start and kept in the run folder.
+The student G starts as a copy of the teacher (a latent DiT in TrigFlow form; or a deeper copy,
+`student_depth`; or another student of it, `student_init`) and maps noise to an image in
+`student_steps` denoising steps at fixed times (sampling/trigflow.py `student_times`); a
+multi-step G trains by backward simulation: a random step i, its input made by G's own first i
+steps without gradient. Per generator update the fake denoiser (a second copy of the teacher)
+takes `fake_updates` flow-loss updates on fresh G samples; with `gan`, a head on its features
+learns real vs G images and G gets the non-saturating loss. method "dmd" (DMD1) adds the
+regression loss on (noise, teacher ODE output) pairs computed once at the start and kept in
+the run folder.
 
 Prompts are the captions of the teacher's training data (the token cache the teacher trained
 from; their latents are the GAN's real side). Every random draw of step s comes from a generator
@@ -34,7 +35,7 @@ from ..errors import ConfigError
 from ..fast import autocast, resolve_device
 from ..fsutil import atomic_write_bytes
 from ..models import DiT, load_transformer
-from ..models.dit import token_latents
+from ..models.dit import deepen, token_latents
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.noise import random
 from ..sampling.trigflow import denoise, few_step_sample, ode_sample, student_times
@@ -70,12 +71,16 @@ class DMDConfig(DistillConfig):
     # a model folder of the teacher's architecture (e.g. an sCD student) G starts from instead
     # of the teacher; the fake denoiser still starts as the teacher ("": G is the teacher's copy)
     student_init: str = ""
-    later_keys = (*DistillConfig.later_keys, "student_init")
+    # G's blocks (0: the teacher's depth; a multiple of it: each teacher block followed by copies
+    # that start as identities, models/dit.py `deepen`), to test whether G's size bounds it
+    student_depth: int = 0
+    later_keys = (*DistillConfig.later_keys, "student_init", "student_depth")
 
     def validate(self) -> None:
         super().validate()
         for name in ("fake_updates", "regression_pairs", "regression_batch"):
             check_range(name, getattr(self, name), 1)
+        check_range("student_depth", self.student_depth, 0)
         for name in ("fake_lr", "gan_weight", "disc_weight", "regression_weight"):
             check_range(name, getattr(self, name), 0.0)
         if self.student_steps not in STUDENT_STEPS:
@@ -91,16 +96,20 @@ def student_defaults(cfg: DMDConfig) -> SamplerDefaults:
 
 
 def initial_student(cfg: DMDConfig, teacher: DiT) -> DiT:
-    """G at step 0: a copy of the teacher, or of `student_init` (same architecture required)."""
-    student = copy.deepcopy(teacher)
+    """G at step 0: a copy of the teacher (`deepen`ed to `student_depth`), or of `student_init`
+    (the same architecture required)."""
+    if cfg.student_depth and cfg.student_depth != teacher.config.depth:
+        student = deepen(teacher, cfg.student_depth)
+    else:
+        student = copy.deepcopy(teacher)
     if not cfg.student_init:
         return student
     with torch.device("cpu"):
         init = load_transformer(cfg.student_init)
-    if init.config != teacher.config:
-        raise ConfigError(f"student_init {cfg.student_init!r} is not a model of the teacher "
-                          f"{cfg.teacher!r}'s architecture; accepted: a student distilled from it "
-                          "(e.g. runs/NAME/student)")
+    if init.config != student.config:
+        raise ConfigError(f"student_init {cfg.student_init!r} is not a model of the student's "
+                          f"architecture (the teacher {cfg.teacher!r}'s, depth {student.config.depth}); "
+                          "accepted: a student distilled from it (e.g. runs/NAME/student)")
     student.load_state_dict(init.state_dict())
     return student
 
@@ -229,7 +238,8 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
     (the same run on any device)."""
     out = Path(out)
     device = resolve_device(device)
-    run = Run(out, cfg, resume, stop_at, fixed=("teacher", "method", "student_steps", "gan", "student_init"))
+    run = Run(out, cfg, resume, stop_at,
+              fixed=("teacher", "method", "student_steps", "gan", "student_init", "student_depth"))
     teacher, data = teacher_and_data(cfg, device, load_diffusion_teacher)
     tm = teacher.transformer.requires_grad_(False)
     rows = data.train.cap_rows  # every caption of the training split (alternatives included)
