@@ -168,7 +168,7 @@ def test_dmd1_regression_cli_and_bad_input(parts, teacher, tmp_path, capsys):
     with pytest.raises(ConfigError, match="one-step students"):
         DMDConfig(method="dmd", student_steps=4)
     with pytest.raises(ConfigError, match="student_steps"):
-        DMDConfig(student_steps=3)
+        DMDConfig(student_steps=5)
 
 
 def test_student_init_starts_g_from_another_student(parts, teacher, tmp_path):

@@ -48,14 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     d = dsub.add_parser(
         "dmd", help="DMD / DMD2: a one- or few-step student of a diffusion model",
-        description="Distil a latent diffusion model (e.g. dit-128) into a 1-, 2- or 4-step generator by "
+        description="Distil a latent diffusion model (e.g. dit-128) into a 1- to 4-step generator by "
                     "distribution matching: the teacher's guided denoiser against a fake denoiser trained "
                     "online on the student's samples (DMD2: several fake updates per student update, a "
                     "GAN head on the fake denoiser, backward simulation for multi-step students; DMD: "
                     "plus a regression loss on teacher ODE pairs). " + RUN_FILES)
     add_run_args(d, "a diffusion model; default: the config's, dit-128", "DMDConfig", "generator updates")
     d.add_argument("--method", choices=("dmd2", "dmd"), default=None, help="override the config's")
-    d.add_argument("--student-steps", type=int, choices=(1, 2, 4), default=None,
+    d.add_argument("--student-steps", type=int, choices=(1, 2, 3, 4), default=None,
                    help="sampling steps of the student (override)")
     d.set_defaults(func=lambda a: run(a, "dmd_train", "DMDConfig", "distill_dmd",
                                       ("method", "student_steps")))

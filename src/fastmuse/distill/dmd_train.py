@@ -50,7 +50,7 @@ from .common import (
 )
 from .dmd import DiscriminatorHead, fake_loss, gan_discriminator_loss, gan_generator_loss, generator_loss
 
-STUDENT_STEPS = (1, 2, 4)
+STUDENT_STEPS = (1, 2, 3, 4)
 
 
 @dataclass
