@@ -181,6 +181,8 @@ def test_student_init_starts_g_from_another_student(parts, teacher, tmp_path):
     assert any(not torch.equal(start[k], v) for k, v in DiT.from_pretrained(teacher).state_dict().items())
     deep = distill_dmd(dmd_cfg(parts, teacher, gan=False, steps=2, student_depth=4), tmp_path / "deep")
     assert DiT.from_pretrained(deep).config.depth == 4
+    with pytest.raises(ConfigError, match="student_depth is 3; accepted: 0 .* multiple"):
+        distill_dmd(dmd_cfg(parts, teacher, steps=2, student_depth=3), tmp_path / "odd")
     with pytest.raises(ConfigError, match="student_init .* is not a model of the student"):
         distill_dmd(dmd_cfg(parts, teacher, steps=2, student_depth=4, student_init=str(first)),
                     tmp_path / "wrong-depth")

@@ -98,6 +98,9 @@ def student_defaults(cfg: DMDConfig) -> SamplerDefaults:
 def initial_student(cfg: DMDConfig, teacher: DiT) -> DiT:
     """G at step 0: a copy of the teacher (`deepen`ed to `student_depth`), or of `student_init`
     (the same architecture required)."""
+    if cfg.student_depth % teacher.config.depth:
+        raise ConfigError(f"student_depth is {cfg.student_depth}; accepted: 0 (the teacher's depth) "
+                          f"or a multiple of the teacher's depth {teacher.config.depth}")
     if cfg.student_depth and cfg.student_depth != teacher.config.depth:
         student = deepen(teacher, cfg.student_depth)
     else:

@@ -202,7 +202,6 @@ def latent_scale(tokenizer, tokens: torch.Tensor, sigma_d: float) -> float:
     return float(sigma_d / token_latents(tokenizer, tokens, 1.0).double().std())
 
 
-
 def deepen(model: DiT, depth: int) -> DiT:
     """A copy of `model` with `depth` blocks (a multiple of its own): each block is followed by
     copies of itself whose residual branches start switched off (attention and MLP gates and the
