@@ -101,10 +101,7 @@ def initial_student(cfg: DMDConfig, teacher: DiT) -> DiT:
     if cfg.student_depth % teacher.config.depth:
         raise ConfigError(f"student_depth is {cfg.student_depth}; accepted: 0 (the teacher's depth) "
                           f"or a multiple of the teacher's depth {teacher.config.depth}")
-    if cfg.student_depth and cfg.student_depth != teacher.config.depth:
-        student = deepen(teacher, cfg.student_depth)
-    else:
-        student = copy.deepcopy(teacher)
+    student = deepen(teacher, cfg.student_depth) if cfg.student_depth else copy.deepcopy(teacher)
     if not cfg.student_init:
         return student
     with torch.device("cpu"):
