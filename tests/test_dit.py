@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from fastmuse.errors import ConfigError
-from fastmuse.models.dit import DiT, DiTConfig, deepen
-from fastmuse.models.transformer import MaskedTransformer, MaskedTransformerConfig
+from fastmuse.models.dit import DiT, DiTConfig
+from fastmuse.models.transformer import MaskedTransformer, MaskedTransformerConfig, deepen
 from fastmuse.sampling.trigflow import SIGMA_D, flow_loss, ode_sample, sample_time
 from fastmuse.text.encoders import TextEmbedding
 from fastmuse.train.warm_start import warm_start

@@ -148,6 +148,19 @@ def test_warm_start_resamples_positions(tmp_path):
         warm_start(MaskedTransformer(cfg(dim=64)), str(tmp_path / "src"))
 
 
+def test_warm_start_into_a_deeper_model_keeps_the_function(tmp_path):
+    """A masked model twice the source's depth starts as the source (its new blocks switched
+    off), so a deeper continuation begins where the bundled model is."""
+    src = randomize(MaskedTransformer(cfg(rope=True, text_layers=1)))
+    src.save_pretrained(tmp_path / "src")
+    dst = MaskedTransformer(cfg(depth=4, rope=True, text_layers=1))
+    assert "depth 2 -> 4" in warm_start(dst, str(tmp_path / "src"))
+    tokens = torch.randint(0, 17, (2, 4, 4))
+    assert torch.allclose(dst(tokens, text()), src(tokens, text()), atol=1e-5)
+    assert torch.equal(dst.blocks[2].qkv.weight, src.blocks[1].qkv.weight)
+    assert dst.blocks[1].ada.weight[64:96].abs().sum() == 0  # the copy's attention gate
+
+
 def test_views_record_their_micro_conditions():
     image = torch.rand(3, 32, 32) * 2 - 1
     out = list(views(image, 16, 2, "k"))

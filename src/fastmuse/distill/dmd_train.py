@@ -35,7 +35,8 @@ from ..errors import ConfigError
 from ..fast import autocast, resolve_device
 from ..fsutil import atomic_write_bytes
 from ..models import DiT, load_transformer
-from ..models.dit import deepen, token_latents
+from ..models.dit import token_latents
+from ..models.transformer import deepen
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.noise import random
 from ..sampling.trigflow import denoise, few_step_sample, ode_sample, student_times
@@ -72,7 +73,7 @@ class DMDConfig(DistillConfig):
     # of the teacher; the fake denoiser still starts as the teacher ("": G is the teacher's copy)
     student_init: str = ""
     # G's blocks (0: the teacher's depth; a multiple of it: each teacher block followed by copies
-    # that start as identities, models/dit.py `deepen`), to test whether G's size bounds it
+    # that start as identities, models/transformer.py `deepen`), to test whether G's size bounds it
     student_depth: int = 0
     later_keys = (*DistillConfig.later_keys, "student_init", "student_depth")
 

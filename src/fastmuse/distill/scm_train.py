@@ -6,7 +6,7 @@ of the teacher's own training data (its token cache) with their main captions, n
 times. `mode` "scd" takes the ODE tangent from the teacher's guided velocity (distillation),
 "sct" from the pair itself (consistency training, here fine-tuned from the teacher as ECT does,
 not from scratch: CPU budget). Training does not depend on the number of sampling steps; the
-student folder samples in `student_steps` (1 or 2, times pi/2 and 1.1).
+student folder samples in `student_steps` (1 or 2, times pi/2 and scm.MID_TIME).
 
 Every step logs its loss, the unweighted consistency MSE, the tangent norms, the gradient norm
 before clipping and whether it was skipped: a non-finite loss skips the update, and

@@ -200,34 +200,3 @@ def token_latents(tokenizer, tokens: torch.Tensor, scale: float) -> torch.Tensor
 def latent_scale(tokenizer, tokens: torch.Tensor, sigma_d: float) -> float:
     """The scale that gives the training set's codebook vectors standard deviation sigma_d."""
     return float(sigma_d / token_latents(tokenizer, tokens, 1.0).double().std())
-
-
-def deepen(model: DiT, depth: int) -> DiT:
-    """A copy of `model` with `depth` blocks (a multiple of its own): each block is followed by
-    copies of itself whose residual branches start switched off (attention and MLP gates and the
-    cross-attention projection zeroed), so the deeper model computes exactly what `model` does
-    and its new blocks start from trained features (a one-step student with more capacity than
-    its teacher)."""
-    k, extra = divmod(depth, model.config.depth)
-    if extra or k < 1:
-        raise ConfigError(f"depth {depth} is not a multiple of the model's depth {model.config.depth}")
-    src = model.state_dict()
-
-    def source(name: str) -> str:  # blocks.i.* here <- blocks.(i // k).* of `model`
-        if not name.startswith("blocks."):
-            return name
-        _, i, rest = name.split(".", 2)
-        return f"blocks.{int(i) // k}.{rest}"
-
-    deep = DiT(model.config.replace(depth=depth)).to(device=src["head.weight"].device, dtype=model.dtype)
-    deep.load_state_dict({name: src[source(name)] for name in deep.state_dict()})
-    d = model.config.dim
-    with torch.no_grad():
-        for i, blk in enumerate(deep.blocks):
-            if i % k:
-                for gate in (slice(2 * d, 3 * d), slice(5 * d, 6 * d)):  # g1 and g2 of `ada`
-                    blk.ada.weight[gate] = 0
-                    blk.ada.bias[gate] = 0
-                blk.proj_cross.weight.zero_()
-                blk.proj_cross.bias.zero_()
-    return deep

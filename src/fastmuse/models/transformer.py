@@ -257,6 +257,40 @@ class Block(nn.Module):
         return x + g2.unsqueeze(1) * self.mlp(modulate(self.norm3(x), s2, sc2))
 
 
+def deepen(model: nn.Module, depth: int) -> nn.Module:
+    """A copy of `model` (any model of `Block`s with a `config.depth`) with `depth` blocks, a
+    multiple of its own: each block is followed by copies of itself whose residual branches
+    start switched off (attention and MLP gates, cross-attention projection and local mixing
+    zeroed), so the deeper model computes exactly what `model` does and its new blocks start
+    from trained features (more capacity without starting over)."""
+    k, extra = divmod(depth, model.config.depth)
+    if extra or k < 1:
+        raise ConfigError(f"depth {depth} is not a multiple of the model's depth {model.config.depth}")
+    src = model.state_dict()
+
+    def source(name: str) -> str:  # blocks.i.* here <- blocks.(i // k).* of `model`
+        if not name.startswith("blocks."):
+            return name
+        _, i, rest = name.split(".", 2)
+        return f"blocks.{int(i) // k}.{rest}"
+
+    weight = next(model.parameters())
+    deep = type(model)(model.config.replace(depth=depth)).to(device=weight.device, dtype=weight.dtype)
+    deep.load_state_dict({name: src[source(name)] for name in deep.state_dict()})
+    d = model.config.dim
+    with torch.no_grad():
+        for i, blk in enumerate(deep.blocks):
+            if i % k:
+                for gate in (slice(2 * d, 3 * d), slice(5 * d, 6 * d)):  # g1 and g2 of `ada`
+                    blk.ada.weight[gate] = 0
+                    blk.ada.bias[gate] = 0
+                for layer in (blk.proj_cross, blk.local):  # ungated residuals
+                    if layer is not None:
+                        layer.weight.zero_()
+                        layer.bias.zero_()
+    return deep
+
+
 def text_context(model: nn.Module, text: TextEmbedding) -> TextContext:
     """The TextContext of a model built from `Block`s with `text_proj` (per-token states),
     `cond` (pooled vector) and `head` (whose dtype it runs in): shared by the masked
