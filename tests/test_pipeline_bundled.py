@@ -92,6 +92,19 @@ def test_diffusion_teacher_and_dmd2_student_bundled():
         student("a red circle", steps=4)
 
 
+def test_consistency_student_bundled():
+    """scd-128 samples in 2 network passes at t = pi/2 and MID_TIME (or 1) and draws the colour
+    asked for."""
+    from fastmuse.distill.scm import MID_TIME
+
+    assert {"README.md", "sampler.json", "grid.png", "metrics.jsonl"} <= set(load_checkpoint("scd-128").files)
+    student = Pipeline.from_pretrained("scd-128")
+    assert student.defaults.sampler == "few_step" and student.defaults.times[1] == MID_TIME
+    assert student.network_evaluations(student.defaults.steps, 0.0) == 2
+    assert_draws_colours(student)
+    assert student("a red circle", steps=1)[0].size == (128, 128)
+
+
 def test_two_stage_chain_bundled():
     """muse-64 -> muse-sr-128: 128 px images that keep the colour the base drew; the chains the
     bundled models allow are listed when a wrong one is asked for."""
