@@ -147,3 +147,48 @@ def test_a_dimo_run_creates_nothing_off_the_model_device(tmp_path):
     with default_device_meta():
         got = distill_dimo(cfg, tmp_path / "meta", device="cpu")
     assert (got / "model.safetensors").read_bytes() == (want / "model.safetensors").read_bytes()
+
+
+def test_a_server_request_creates_nothing_off_the_model_device(pipes, monkeypatch):
+    """Both threads of `fastmuse serve` under default device "meta" (it is per thread): the
+    request handlers in the event loop and the batcher that runs the model. A generation and an
+    inpainting request answer what the library gives."""
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from fastmuse.serve import ServeSettings, create_app
+    from fastmuse.serve.batcher import Batcher
+    from helpers import png
+
+    work = Batcher._work
+
+    def work_on_meta(self) -> None:
+        with default_device_meta():
+            work(self)
+
+    monkeypatch.setattr(Batcher, "_work", work_on_meta)
+    app = create_app(pipes["masked"], ServeSettings(model_name="tiny"))
+
+    async def handlers_on_meta(scope, receive, send) -> None:
+        with default_device_meta():
+            await app(scope, receive, send)
+
+    source = Image.new("RGB", (32, 32), "red")
+    mask = Image.new("RGBA", (32, 32), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (8, 8, 24, 24))
+    with TestClient(handlers_on_meta) as client:
+        gen = client.post("/v1/images/generations", json={"prompt": "a red square", "n": 2, "seed": 3,
+                                                          "response_format": "b64_json"})
+        edit = client.post("/v1/images/edits", data={"prompt": "a blue square", "seed": "1"},
+                           files={"image": ("a.png", png(source)), "mask": ("m.png", png(mask))})
+    assert gen.status_code == 200 and edit.status_code == 200, (gen.text, edit.text)
+    decoded = [Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))) for d in gen.json()["data"]]
+    want = pipes["masked"]("a red square", n=2, seed=3)
+    assert [im.tobytes() for im in decoded] == [im.tobytes() for im in want]
+    # the same edit request without meta anywhere: the same image
+    with TestClient(create_app(pipes["masked"], ServeSettings(model_name="tiny"))) as client:
+        plain = client.post("/v1/images/edits", data={"prompt": "a blue square", "seed": "1"},
+                            files={"image": ("a.png", png(source)), "mask": ("m.png", png(mask))})
+    assert plain.json()["data"][0]["b64_json"] == edit.json()["data"][0]["b64_json"]

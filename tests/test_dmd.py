@@ -48,6 +48,26 @@ def test_dm_grad_is_normalised_difference():
     assert torch.allclose(dm_grad(x, real, fake), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
 
 
+def test_dm_times_bound_where_the_gradient_is_taken():
+    """generator_loss noises G's samples only at times in [t_min, t_max] (DMDConfig.dm_times)."""
+    from fastmuse.distill.dmd_train import DMDConfig
+    from fastmuse.errors import ConfigError
+
+    seen = []
+
+    def zero(x_t, t):
+        seen.append(t)
+        return torch.zeros_like(x_t)
+
+    x = torch.randn(512, 2, requires_grad=True)
+    generator_loss(x, zero, zero, torch.Generator().manual_seed(0), 1.1, 1.5)
+    t = torch.cat(seen)
+    assert 1.1 <= t.min() < 1.12 and 1.48 < t.max() <= 1.5
+    for bad in ((0.0, 1.0), (1.2, 1.1), (0.5, 1.6)):
+        with pytest.raises(ConfigError, match=r"dm_times is .*; accepted: \[lo, hi\] with 0 < lo < hi"):
+            DMDConfig(dm_times=bad)
+
+
 def train_one_step_generator(real, gen: torch.Generator, steps: int) -> nn.Module:
     """DMD2-style: five fake-score updates per generator update, no regression loss."""
     g_net = nn.Sequential(nn.Linear(2, 128), nn.SiLU(), nn.Linear(128, 128), nn.SiLU(), nn.Linear(128, 2))

@@ -179,3 +179,21 @@ def test_cli_bench_refuses_what_it_cannot_measure(tmp_path, capsys):
     assert "--quality runs the evaluation suite on a trained model" in capsys.readouterr().err
     assert main(["bench", "--model", str(tiny_pipeline(tmp_path / "ar", autoregressive=True))]) == 1
     assert "fastmuse bench times masked-token models" in capsys.readouterr().err
+
+
+def test_cli_generate_refine(tmp_path, capsys):
+    """--refine rounds change the image of a seed (they re-sample tokens); bad values are named."""
+    from PIL import Image
+
+    model = tiny_pipeline(tmp_path / "m")
+    for name, extra in (("plain", []), ("refined", ["--refine", "2", "--refine-fraction", "0.5"])):
+        assert main(["generate", "a red square", "--model", str(model), "--no-captions", *extra,
+                     "-o", str(tmp_path / f"{name}.png")]) == 0
+    plain, refined = (Image.open(tmp_path / f"{n}.png").tobytes() for n in ("plain", "refined"))
+    assert plain != refined
+    with pytest.raises(SystemExit):
+        main(["generate", "x", "--model", str(model), "--refine", "-1", "-o", str(tmp_path / "y.png")])
+    assert "--refine must be an integer >= 0" in capsys.readouterr().err
+    assert main(["generate", "x", "--model", str(model), "--refine", "1", "--refine-fraction", "2",
+                 "-o", str(tmp_path / "y.png")]) == 1
+    assert "refine_fraction is 2.0; accepted: 0 < refine_fraction <= 1" in capsys.readouterr().err

@@ -93,7 +93,9 @@ def test_zero_noise_low_temperature_is_greedy(model):
                                        ({"schedule": "zigzag"}, "schedule"),
                                        ({"guidance_schedule": "up"}, "guidance_schedule"),
                                        ({"temperature": 0.0}, "temperature"), ({"noise": -1.0}, "noise"),
-                                       ({"order": "random"}, "order is 'random'; accepted: confidence")])
+                                       ({"order": "random"}, "order is 'random'; accepted: confidence"),
+                                       ({"refine": -1}, "refine is -1; accepted: an integer >= 0"),
+                                       ({"refine": 1, "refine_fraction": 0.0}, "refine_fraction is 0.0")])
 def test_bad_arguments_named(model, kw, match):
     with pytest.raises(ConfigError, match=match):
         run(model, blank(), **kw)
@@ -149,3 +151,29 @@ def test_halton_keeps_known_tokens(model):
     hole[:, :, 2:] = True
     out = run(model, torch.where(hole, CFG.mask_id, src), steps=3, order="halton")
     assert torch.equal(out[~hole], src[~hole]) and (out[hole] != CFG.mask_id).all()
+
+
+def test_refine_resamples_only_the_least_likely_generated_tokens(model):
+    """A refinement round changes only generated tokens, and only among the refine_fraction of
+    them it scores lowest; known tokens never change; deterministic per seed."""
+    from fastmuse.sampling.maskgit import REFINE_PASSES, refined, scored_logprob
+
+    src = torch.randint(0, 16, (2, 4, 4), generator=torch.Generator().manual_seed(3))
+    hole = torch.zeros(2, 4, 4, dtype=torch.bool)
+    hole[:, :, 1:] = True  # 12 generated tokens per image; a fraction 0.25 re-samples 3
+    plain = run(model, torch.where(hole, CFG.mask_id, src), steps=4)
+    once = run(model, torch.where(hole, CFG.mask_id, src), steps=4, refine=1, refine_fraction=0.25)
+    assert torch.equal(once, run(model, torch.where(hole, CFG.mask_id, src), steps=4, refine=1,
+                                 refine_fraction=0.25))
+    assert torch.equal(once[~hole], src[~hole]) and (once != CFG.mask_id).all()
+    gen = torch.Generator().manual_seed(5)
+    same = torch.Generator().set_state(gen.get_state())  # the draw `refined` makes first
+    group = (torch.rand(plain.shape, generator=same) * REFINE_PASSES).long()
+    score = scored_logprob(model, plain, ctx(model, 2), None, group, REFINE_PASSES)
+    lowest = score.masked_fill(~hole, math.inf).view(2, -1).argsort(1)[:, :3]
+    out = refined(model, plain, hole, ctx(model, 2), 1, 0.25, gen, noise=4.5)
+    changed = (out != plain).view(2, -1)
+    allowed = torch.zeros_like(changed).scatter_(1, lowest, True)
+    assert changed.any() and not (changed & ~allowed).any()
+    many = run(model, torch.where(hole, CFG.mask_id, src), steps=4, refine=3, refine_fraction=0.25)
+    assert torch.equal(many[~hole], src[~hole])

@@ -82,6 +82,11 @@ def add_sampler_args(p: argparse.ArgumentParser, n_default: int = 1) -> None:
     p.add_argument("--order", default=None, choices=ORDERS,
                    help="masked models: which tokens each step keeps: confidence (MaskGIT, default) or "
                         "halton (a quasi-random low-discrepancy order over the grid, Halton-MaskGIT)")
+    p.add_argument("--refine", type=bounded("--refine", int, 0, None), default=None,
+                   help="masked models: rounds after the last step that re-mask the least likely "
+                        "generated tokens and re-sample them (4 passes each; default: the model's)")
+    p.add_argument("--refine-fraction", type=float, default=None,
+                   help="masked models: share of the generated tokens a refine round re-samples")
     add_fast_args(p)
 
 
@@ -124,7 +129,8 @@ def sampler_options(a: argparse.Namespace) -> dict[str, Any]:
                                      ("temperature", a.temperature), ("noise", a.noise),
                                      ("top_k", a.top_k), ("init_mask_ratio", a.init_mask_ratio),
                                      ("embed_noise", a.embed_noise), ("solver", a.solver),
-                                     ("guidance_interval", a.guidance_interval), ("order", a.order))
+                                     ("guidance_interval", a.guidance_interval), ("order", a.order),
+                                     ("refine", a.refine), ("refine_fraction", a.refine_fraction))
                    if v is not None}
 
 

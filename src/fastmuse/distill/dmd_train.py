@@ -19,6 +19,7 @@ metrics.jsonl, samples/, checkpoints/ and, at the end, student/: a model folder.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -75,13 +76,20 @@ class DMDConfig(DistillConfig):
     # G's blocks (0: the teacher's depth; a multiple of it: each teacher block followed by copies
     # that start as identities, models/transformer.py `deepen`), to test whether G's size bounds it
     student_depth: int = 0
-    later_keys = (*DistillConfig.later_keys, "student_init", "student_depth")
+    # the range of TrigFlow times t ~ U(lo, hi) at which G's samples are noised for the
+    # distribution-matching gradient (layouts and whole objects are decided at high t)
+    dm_times: tuple[float, float] = (0.02, 1.55)
+    later_keys = (*DistillConfig.later_keys, "student_init", "student_depth", "dm_times")
 
     def validate(self) -> None:
         super().validate()
         for name in ("fake_updates", "regression_pairs", "regression_batch"):
             check_range(name, getattr(self, name), 1)
         check_range("student_depth", self.student_depth, 0)
+        lo, hi = self.dm_times
+        if not 0.0 < lo < hi < math.pi / 2:
+            raise ConfigError(f"dm_times is {list(self.dm_times)}; "
+                              "accepted: [lo, hi] with 0 < lo < hi < pi/2")
         for name in ("fake_lr", "gan_weight", "disc_weight", "regression_weight"):
             check_range(name, getattr(self, name), 0.0)
         if self.student_steps not in STUDENT_STEPS:
@@ -219,7 +227,7 @@ def student_loss(cfg: DMDConfig, student: DiT, fake: DiT, head: DiscriminatorHea
     fake.requires_grad_(False)
     fctx = fake.prepare_text(text)
     x = generator_sample(student, text, times, shape, gen, grad=True)
-    loss, logs = generator_loss(x, real_v, lambda x_t, t, c=fctx: fake.velocity(x_t, t, c), gen)
+    loss, logs = generator_loss(x, real_v, partial(fake.velocity, ctx=fctx), gen, *cfg.dm_times)
     if cfg.gan:
         gan = gan_generator_loss(x, gan_logits(fake, head, fctx), gen)
         loss = loss + cfg.gan_weight * gan

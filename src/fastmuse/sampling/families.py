@@ -27,7 +27,7 @@ from ..config import read_json
 from ..errors import ConfigError
 from ..models import ARTransformer, DiT, MaskedTransformer, TextContext
 from .autoregressive import ar_sample, check_ar_args
-from .maskgit import check_sampler_args, guided_steps, maskgit_sample
+from .maskgit import REFINE_PASSES, REFINE_STEPS, check_sampler_args, guided_steps, maskgit_sample
 from .noise import Generators, random
 from .one_step import check_one_step_args, one_step_sample
 from .trigflow import check_ode_args, few_step_sample, ode_sample, student_times
@@ -58,6 +58,8 @@ class SamplerDefaults:
     times: list[float] | None = None
     guidance_interval: list[float] = field(default_factory=lambda: [0.0, 1.0])  # maskgit: guided steps
     order: str = "confidence"  # maskgit: which tokens each step keeps (confidence or halton)
+    refine: int = 0  # maskgit: rounds of re-masking the least likely tokens after the last step
+    refine_fraction: float = 0.05  # maskgit: the share of the generated tokens a round re-samples
     micro: dict[str, float | None] | None = None  # micro-conditioned models: values when not given
 
     def __post_init__(self) -> None:
@@ -133,11 +135,13 @@ class MaskGIT(Family):
     def options(self, d: SamplerDefaults) -> dict:
         return {"schedule": d.schedule, "guidance_schedule": d.guidance_schedule,
                 "temperature": d.temperature, "noise": d.noise,
-                "guidance_interval": tuple(d.guidance_interval), "order": d.order}
+                "guidance_interval": tuple(d.guidance_interval), "order": d.order,
+                "refine": d.refine, "refine_fraction": d.refine_fraction}
 
     def check(self, d: SamplerDefaults, steps: int, guidance: float, opts: dict) -> dict:
         check_sampler_args(steps, guidance, opts["schedule"], opts["guidance_schedule"],
-                           opts["temperature"], opts["noise"], opts["guidance_interval"], opts["order"])
+                           opts["temperature"], opts["noise"], opts["guidance_interval"], opts["order"],
+                           opts["refine"], opts["refine_fraction"])
         return opts
 
     def fill(self, run: SamplingRun, init: torch.Tensor, steps: int | None) -> torch.Tensor:
@@ -149,9 +153,10 @@ class MaskGIT(Family):
 
     def network_evaluations(self, d: SamplerDefaults, steps: int, guidance: float,
                             interval: tuple[float, float] | None) -> int:
+        refined = d.refine * (REFINE_PASSES + REFINE_STEPS)
         if guidance <= 0:
-            return steps
-        return steps + guided_steps(steps, interval or tuple(d.guidance_interval))
+            return steps + refined
+        return steps + guided_steps(steps, interval or tuple(d.guidance_interval)) + refined
 
 
 class OneStep(Family):

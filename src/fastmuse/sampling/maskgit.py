@@ -14,6 +14,14 @@ low-discrepancy order that spreads each step's tokens evenly over the image inst
 clustering them where the model is already sure; the order is cyclically shifted by a random
 offset per image, and the tokens are plain samples at `temperature`).
 
+`refine` rounds run after the last step (a corrector: Muse's mask-free editing with the same
+prompt): every generated token is scored by how likely the model finds it given all the others
+(`token_logprob`, REFINE_PASSES forwards), the least likely `refine_fraction` of them are masked
+again and re-sampled in REFINE_STEPS unguided steps. MaskGIT commits each token once; tokens
+committed early, against little context and with strong Gumbel noise on the confidences, can
+disagree with the finished image (a bent point of a thin shape), and this is where the model
+gets to redraw them (docs/masked-vs-ar.md part 18).
+
 Guidance follows l = l_cond + g * (l_cond - l_uncond): g = 0 is plain conditional sampling
 (and skips the unconditional half of the batch). `guidance_interval` (lo, hi) guides only the
 steps i with lo <= i / steps < hi; the others run the conditional half alone, which halves
@@ -40,6 +48,7 @@ MASK_SCHEDULES: dict[str, Callable[[float], float]] = {
     "sqrt": lambda t: 1.0 - math.sqrt(t),
 }
 ORDERS = ("confidence", "halton")
+REFINE_PASSES, REFINE_STEPS = 2, 2  # per refinement round: scoring forwards, re-sampling steps
 GUIDANCE_SCHEDULES: dict[str, Callable[[float], float]] = {
     # multiplier of the guidance scale at progress t (t of the step being taken)
     "constant": lambda t: 1.0,
@@ -50,7 +59,7 @@ GUIDANCE_SCHEDULES: dict[str, Callable[[float], float]] = {
 
 def check_sampler_args(steps: int, guidance: float, schedule: str, guidance_schedule: str,
                        temperature: float, noise: float, guidance_interval: tuple[float, float] = (0.0, 1.0),
-                       order: str = "confidence") -> None:
+                       order: str = "confidence", refine: int = 0, refine_fraction: float = 0.05) -> None:
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps is {steps!r}; accepted: an integer >= 1")
     if guidance < 0:
@@ -67,6 +76,10 @@ def check_sampler_args(steps: int, guidance: float, schedule: str, guidance_sche
     if order not in ORDERS:
         raise ConfigError(f"order is {order!r}; accepted: {', '.join(ORDERS)}")
     check_guidance_interval(guidance_interval)
+    if not isinstance(refine, int) or refine < 0:
+        raise ConfigError(f"refine is {refine!r}; accepted: an integer >= 0 (rounds of re-masking)")
+    if not 0 < refine_fraction <= 1:
+        raise ConfigError(f"refine_fraction is {refine_fraction}; accepted: 0 < refine_fraction <= 1")
 
 
 def check_guidance_interval(interval: tuple[float, float], name: str = "guidance_interval") -> None:
@@ -160,6 +173,8 @@ def maskgit_sample(
     noise: float = 4.5,
     guidance_interval: tuple[float, float] = (0.0, 1.0),
     order: str = "confidence",
+    refine: int = 0,
+    refine_fraction: float = 0.05,
     generator: Generators = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
@@ -170,9 +185,11 @@ def maskgit_sample(
     confidences at the first step, annealed linearly to 0 (MaskGIT's choice temperature).
     guidance_interval: the fraction of the steps that are guided (see the module docstring).
     order: "confidence" or "halton" (see the module docstring; `noise` is unused by halton).
+    refine / refine_fraction: rounds of re-masking the least likely generated tokens after the
+    last step, and the fraction of them each round re-samples (module docstring).
     """
     check_sampler_args(steps, guidance, schedule, guidance_schedule, temperature, noise,
-                       guidance_interval, order)
+                       guidance_interval, order, refine, refine_fraction)
     b = tokens.shape[0]
     if cond.c.shape[0] != b or (uncond is not None and uncond.c.shape[0] != b):
         raise ConfigError(f"text contexts must have one row per image ({b})")
@@ -211,13 +228,31 @@ def maskgit_sample(
         else:
             conf = priority
         conf = torch.where(unknown, conf, torch.full_like(conf, math.inf))  # decided tokens stay
-        order = conf.argsort(dim=1)  # least confident first
-        ranks = order.argsort(dim=1)
+        ranks = conf.argsort(dim=1).argsort(dim=1)  # 0: the least confident
         remask = ranks < keep_masked.unsqueeze(1)
         x = torch.where(remask, torch.full_like(sampled, mask_id), sampled)
         if callback is not None:
             callback(i, x.view(shape))
-    return x.view(shape)
+    if not refine or not n_unknown.any():
+        return x.view(shape)
+    return refined(model, x.view(shape), tokens == mask_id, cond, refine, refine_fraction, generator,
+                   schedule=schedule, temperature=temperature, noise=noise, order=order)
+
+
+def refined(model: MaskedTransformer, x: torch.Tensor, generated: torch.Tensor, cond: TextContext,
+            rounds: int, fraction: float, generator: Generators, **options) -> torch.Tensor:
+    """`rounds` of re-masking the least likely `fraction` of the `generated` positions of x
+    [B, H, W] and re-sampling them unguided (the module docstring); the other tokens stay."""
+    b = len(x)
+    k = torch.round(generated.view(b, -1).sum(1) * fraction).long().unsqueeze(1)
+    for _ in range(rounds):
+        group = (random(x.shape, generator, x.device) * REFINE_PASSES).long()
+        score = scored_logprob(model, x, cond, None, group, REFINE_PASSES)
+        score = torch.where(generated, score, torch.full_like(score, math.inf)).view(b, -1)
+        remask = (score.argsort(1).argsort(1) < k).view_as(x)
+        x = maskgit_sample(model, torch.where(remask, model.mask_id, x), cond, None, steps=REFINE_STEPS,
+                           guidance=0.0, generator=generator, **options)
+    return x
 
 
 @torch.no_grad()
@@ -228,6 +263,12 @@ def token_logprob(model: MaskedTransformer, tokens: torch.Tensor, ctx: TextConte
     scored with log p(token) under the (guided) logits. Mask-free editing re-masks the
     lowest-scoring tokens: the ones the new prompt disagrees with."""
     group = torch.randint(passes, tokens.shape, generator=generator, device="cpu").to(tokens.device)
+    return scored_logprob(model, tokens, ctx, guidance, group, passes)
+
+
+def scored_logprob(model: MaskedTransformer, tokens: torch.Tensor, ctx: TextContext, guidance: float | None,
+                   group: torch.Tensor, passes: int) -> torch.Tensor:
+    """token_logprob with the positions' groups [B, H, W] (values 0 .. passes - 1) given."""
     score = torch.zeros(tokens.shape, device=tokens.device)
     for p in range(passes):
         hide = group == p
