@@ -239,6 +239,7 @@ def maskgit_sample(
                    schedule=schedule, temperature=temperature, noise=noise, order=order)
 
 
+@torch.no_grad()
 def refined(model: MaskedTransformer, x: torch.Tensor, generated: torch.Tensor, cond: TextContext,
             rounds: int, fraction: float, generator: Generators, **options) -> torch.Tensor:
     """`rounds` of re-masking the least likely `fraction` of the `generated` positions of x
