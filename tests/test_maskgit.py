@@ -161,10 +161,10 @@ def test_refine_resamples_only_the_least_likely_generated_tokens(model):
     src = torch.randint(0, 16, (2, 4, 4), generator=torch.Generator().manual_seed(3))
     hole = torch.zeros(2, 4, 4, dtype=torch.bool)
     hole[:, :, 1:] = True  # 12 generated tokens per image; a fraction 0.25 re-samples 3
-    plain = run(model, torch.where(hole, CFG.mask_id, src), steps=4)
-    once = run(model, torch.where(hole, CFG.mask_id, src), steps=4, refine=1, refine_fraction=0.25)
-    assert torch.equal(once, run(model, torch.where(hole, CFG.mask_id, src), steps=4, refine=1,
-                                 refine_fraction=0.25))
+    canvas = torch.where(hole, CFG.mask_id, src)
+    plain = run(model, canvas, steps=4)
+    once = run(model, canvas, steps=4, refine=1, refine_fraction=0.25)
+    assert torch.equal(once, run(model, canvas, steps=4, refine=1, refine_fraction=0.25))
     assert torch.equal(once[~hole], src[~hole]) and (once != CFG.mask_id).all()
     gen = torch.Generator().manual_seed(5)
     same = torch.Generator().set_state(gen.get_state())  # the draw `refined` makes first
@@ -175,5 +175,5 @@ def test_refine_resamples_only_the_least_likely_generated_tokens(model):
     changed = (out != plain).view(2, -1)
     allowed = torch.zeros_like(changed).scatter_(1, lowest, True)
     assert changed.any() and not (changed & ~allowed).any()
-    many = run(model, torch.where(hole, CFG.mask_id, src), steps=4, refine=3, refine_fraction=0.25)
+    many = run(model, canvas, steps=4, refine=3, refine_fraction=0.25)
     assert torch.equal(many[~hole], src[~hole])

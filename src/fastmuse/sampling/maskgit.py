@@ -16,7 +16,7 @@ offset per image, and the tokens are plain samples at `temperature`).
 
 `refine` rounds run after the last step (a corrector: Muse's mask-free editing with the same
 prompt): every generated token is scored by how likely the model finds it given all the others
-(`token_logprob`, REFINE_PASSES forwards), the least likely `refine_fraction` of them are masked
+(`scored_logprob`, REFINE_PASSES forwards), the least likely `refine_fraction` of them are masked
 again and re-sampled in REFINE_STEPS unguided steps. MaskGIT commits each token once; tokens
 committed early, against little context and with strong Gumbel noise on the confidences, can
 disagree with the finished image (a bent point of a thin shape), and this is where the model
