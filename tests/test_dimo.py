@@ -245,15 +245,20 @@ def test_cli_and_bad_teachers(teacher, tmp_path, capsys):
         DiMOConfig(embed_noise=1.5)
     with pytest.raises(ConfigError, match="teacher_temperature"):
         DiMOConfig(teacher_temperature=0.0)
+    for bad in ((0.5, 0.5), (-0.1, 1.0), (0.2, 1.1)):
+        with pytest.raises(ConfigError, match=r"remask_ratios is .*; accepted: \[lo, hi\] with 0 <= lo < hi"):
+            DiMOConfig(remask_ratios=bad)
 
 
-def test_teacher_temperature_changes_the_target(teacher, tmp_path):
-    """The same run with the teacher's softmax sharpened trains a different student (the
-    auxiliary model, which learns the student's samples, is untouched by it)."""
-    states = [MaskedTransformer.from_pretrained(distill_dimo(cfg_for(teacher, steps=1, teacher_temperature=t),
-                                                             tmp_path / str(t))).state_dict()
-              for t in (1.0, 0.5)]
-    assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0])
+def test_teacher_temperature_and_remask_ratios_change_the_target(teacher, tmp_path):
+    """The same run with the teacher's softmax sharpened, or with the student's samples re-masked
+    only at high ratios, trains a different student."""
+    changes = ({}, {"teacher_temperature": 0.5}, {"remask_ratios": (0.9, 1.0)})
+    states = [MaskedTransformer.from_pretrained(distill_dimo(cfg_for(teacher, steps=1, **change),
+                                                             tmp_path / str(i))).state_dict()
+              for i, change in enumerate(changes)]
+    for other in states[1:]:
+        assert any(not torch.equal(states[0][k], other[k]) for k in states[0])
 
 
 def test_bf16_run_learns_and_scm_refuses_it(teacher, tmp_path):

@@ -117,6 +117,18 @@ def test_random_mask_counts():
     assert 0.5 < mask.float().mean() < 0.8  # E[cos(pi/2 U)] = 2/pi
 
 
+def test_random_mask_ratio_range():
+    """`ratios` truncates the cosine schedule: every grid's masked share lies in [lo, hi] and
+    both ends are reached; the full range draws exactly what the default does."""
+    tokens = torch.randint(0, 10, (512, 8, 8))
+    mask = random_mask(tokens, 10, torch.Generator().manual_seed(0), (0.5, 0.75))[1]
+    share = mask.flatten(1).float().mean(1)
+    assert 0.5 <= share.min() < 0.52 and 0.73 < share.max() <= 0.75 + 1 / 64
+    default = random_mask(tokens, 10, torch.Generator().manual_seed(1))
+    full = random_mask(tokens, 10, torch.Generator().manual_seed(1), (0.0, 1.0))
+    assert all(torch.equal(a, b) for a, b in zip(default, full, strict=True))
+
+
 def test_loss_weighting_token_or_image():
     logits = torch.randn(3, 2, 2, 5)
     tokens = torch.randint(0, 5, (3, 2, 2))

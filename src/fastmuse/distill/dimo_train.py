@@ -53,6 +53,10 @@ class DiMOConfig(DistillConfig):
     # the target p_T is the teacher's guided softmax at this temperature: < 1 matches a teacher
     # that samples sharper than its softmax (muse-128 samples at 0.7)
     teacher_temperature: float = 1.0
+    # the student's samples are re-masked at ratios of the teacher's cosine schedule truncated
+    # to [lo, hi]: high ratios are where the teacher can say a whole object is missing
+    remask_ratios: tuple[float, float] = (0.0, 1.0)
+    later_keys = (*DistillConfig.later_keys, "remask_ratios")
 
     def validate(self) -> None:
         super().validate()
@@ -62,6 +66,10 @@ class DiMOConfig(DistillConfig):
         check_range("embed_noise", self.embed_noise, 0.0, 0.99)
         check_range("aux_lr", self.aux_lr, 0.0)
         check_range("teacher_temperature", self.teacher_temperature, 0.05, 10.0)
+        lo, hi = self.remask_ratios
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ConfigError(f"remask_ratios is {list(self.remask_ratios)}; "
+                              "accepted: [lo, hi] with 0 <= lo < hi <= 1")
 
 
 def load_teacher(name: str) -> Pipeline:
@@ -142,7 +150,7 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
     if start == 0:
         reference_points(run, teacher, student_pipe, probe, g)
 
-    remask = lambda tokens, gen: random_mask(tokens, tm.mask_id, gen)  # noqa: E731 - the teacher's schedule
+    remask = lambda tokens, gen: random_mask(tokens, tm.mask_id, gen, cfg.remask_ratios)  # noqa: E731
     grid, precision = tcfg.grid, cfg.autocast_precision
     blank = torch.full((cfg.batch_size, grid, grid), tm.mask_id, device=device)
     bar = run.steps("dimo")

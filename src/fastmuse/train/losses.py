@@ -15,14 +15,16 @@ from ..sampling.noise import random
 from ..sampling.trigflow import flow_loss, sample_time
 
 
-def random_mask(tokens: torch.Tensor, mask_id: int,
-                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask cos(pi/2 * r), r ~ U(0,1), of each grid's tokens (at least one).
+def random_mask(tokens: torch.Tensor, mask_id: int, gen: torch.Generator,
+                ratios: tuple[float, float] = (0.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask cos(pi/2 * r), r ~ U(0,1), of each grid's tokens (at least one); `ratios` = (lo, hi)
+    truncates that cosine schedule to mask ratios in [lo, hi].
     Returns (masked tokens, bool mask of the positions to predict)."""
     b = tokens.shape[0]
     flat = tokens.reshape(b, -1)
     n = flat.shape[1]
-    ratio = torch.cos(math.pi / 2 * random((b,), gen, tokens.device))
+    r_lo, r_hi = (2 / math.pi * math.acos(x) for x in reversed(ratios))
+    ratio = torch.cos(math.pi / 2 * (r_lo + (r_hi - r_lo) * random((b,), gen, tokens.device)))
     count = (ratio * n).ceil().clamp(1, n).long()
     ranks = random((b, n), gen, tokens.device).argsort(1).argsort(1)
     mask = ranks < count.unsqueeze(1)
