@@ -245,8 +245,9 @@ def test_cli_and_bad_teachers(teacher, tmp_path, capsys):
         DiMOConfig(embed_noise=1.5)
     with pytest.raises(ConfigError, match="teacher_temperature"):
         DiMOConfig(teacher_temperature=0.0)
-    for bad in ((0.5, 0.5), (-0.1, 1.0), (0.2, 1.1)):
-        with pytest.raises(ConfigError, match=r"remask_ratios is .*; accepted: \[lo, hi\] with 0 <= lo < hi"):
+    for bad in ((0.5, 0.5), (-0.1, 1.0), (0.2, 1.1), (0.5,)):
+        with pytest.raises(ConfigError,
+                           match=r"remask_ratios is .*; accepted: two numbers lo, hi with 0 <= lo < hi <= 1"):
             DiMOConfig(remask_ratios=bad)
 
 

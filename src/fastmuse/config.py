@@ -195,6 +195,15 @@ def check_range(name: str, value: float, lo: float | None = None, hi: float | No
         raise ConfigError(f"'{name}' is {value!r}; accepted: {lo_s} <= {name} <= {hi_s}")
 
 
+def check_unit_interval(name: str, value, meaning: str) -> None:
+    """Raise ConfigError unless `value` is two numbers lo, hi with 0 <= lo < hi <= 1."""
+    if (not isinstance(value, list | tuple) or len(value) != 2
+            or not all(isinstance(v, int | float) for v in value)
+            or not 0 <= value[0] < value[1] <= 1):
+        raise ConfigError(f"{name} is {value!r}; accepted: two numbers lo, hi with "
+                          f"0 <= lo < hi <= 1 ({meaning})")
+
+
 # Upper bounds of model size fields: a config is read before anything is allocated, and a
 # mistyped or hostile `depth: 1000000` must be an error, not an allocation until memory runs out.
 SIZE_LIMITS: dict[str, int] = {

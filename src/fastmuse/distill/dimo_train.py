@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import check_range
+from ..config import check_range, check_unit_interval
 from ..convert import folder_files
 from ..errors import ConfigError
 from ..fast import autocast, resolve_device
@@ -66,10 +66,7 @@ class DiMOConfig(DistillConfig):
         check_range("embed_noise", self.embed_noise, 0.0, 0.99)
         check_range("aux_lr", self.aux_lr, 0.0)
         check_range("teacher_temperature", self.teacher_temperature, 0.05, 10.0)
-        lo, hi = self.remask_ratios
-        if not 0.0 <= lo < hi <= 1.0:
-            raise ConfigError(f"remask_ratios is {list(self.remask_ratios)}; "
-                              "accepted: [lo, hi] with 0 <= lo < hi <= 1")
+        check_unit_interval("remask_ratios", self.remask_ratios, "the mask ratios of the re-masking")
 
 
 def load_teacher(name: str) -> Pipeline:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..config import check_unit_interval
 from ..errors import ConfigError
 from ..models.transformer import MaskedTransformer, TextContext
 from .control import check_cancelled
@@ -83,11 +84,7 @@ def check_sampler_args(steps: int, guidance: float, schedule: str, guidance_sche
 
 
 def check_guidance_interval(interval: tuple[float, float], name: str = "guidance_interval") -> None:
-    if (not isinstance(interval, list | tuple) or len(interval) != 2
-            or not all(isinstance(v, int | float) for v in interval)
-            or not 0 <= interval[0] < interval[1] <= 1):
-        raise ConfigError(f"{name} is {interval!r}; accepted: two numbers lo, hi with "
-                          "0 <= lo < hi <= 1 (the fraction of the steps that are guided)")
+    check_unit_interval(name, interval, "the fraction of the steps that are guided")
 
 
 def radical_inverse(i: int, base: int) -> float:
