@@ -17,10 +17,11 @@ from torch import nn
 
 from fastmuse.cli import main
 from fastmuse.distill.dimo import DiMOSettings, aux_loss, divergence_grad, generator_loss, student_forward
-from fastmuse.distill.dimo_train import DiMOConfig, distill_dimo
+from fastmuse.distill.dimo_train import DiMOConfig, distill_dimo, teacher_target
 from fastmuse.errors import ConfigError
 from fastmuse.models import MaskedTransformer, MaskedTransformerConfig
 from fastmuse.pipeline import Pipeline
+from fastmuse.sampling.maskgit import guidance_context, guided_logits
 from fastmuse.sampling.one_step import embedding_noise, initial_state, token_embedding
 from fastmuse.serve.app import ServeSettings, create_app
 from fastmuse.train.losses import random_mask
@@ -246,15 +247,38 @@ def test_cli_and_bad_teachers(teacher, tmp_path, capsys):
     with pytest.raises(ConfigError, match="teacher_temperature"):
         DiMOConfig(teacher_temperature=0.0)
     for bad in ((0.5, 0.5), (-0.1, 1.0), (0.2, 1.1), (0.5,)):
-        with pytest.raises(ConfigError,
-                           match=r"remask_ratios is .*; accepted: two numbers lo, hi with 0 <= lo < hi <= 1"):
-            DiMOConfig(remask_ratios=bad)
+        for name in ("remask_ratios", "guidance_ratios"):
+            with pytest.raises(ConfigError,
+                               match=rf"{name} is .*; accepted: two numbers lo, hi with 0 <= lo < hi <= 1"):
+                DiMOConfig(**{name: bad})
 
 
-def test_teacher_temperature_and_remask_ratios_change_the_target(teacher, tmp_path):
-    """The same run with the teacher's softmax sharpened, or with the student's samples re-masked
-    only at high ratios, trains a different student."""
-    changes = ({}, {"teacher_temperature": 0.5}, {"remask_ratios": (0.9, 1.0)})
+def test_teacher_target_guides_only_rows_with_masked_shares_in_the_range(teacher):
+    """guidance_ratios (0.5, 1): the mostly masked row gets the guided logits, the mostly
+    visible one the conditional logits alone; (0, 1) guides both (the old target)."""
+    pipe = Pipeline.from_pretrained(teacher["teacher"])
+    tm = pipe.transformer
+    text = pipe.text_encoder.encode(["a red square", "a red square"])
+    cond, uncond = tm.prepare_text(text), tm.prepare_text(pipe.text_encoder.encode(["", ""]))
+    ctx = guidance_context(cond, uncond, 2.0)
+    tokens = torch.randint(0, 16, (2, 16, 16), generator=torch.Generator().manual_seed(0))
+    tokens[0].view(-1)[:200] = tm.mask_id  # 78% masked
+    tokens[1].view(-1)[:20] = tm.mask_id  # 8% masked
+    with torch.no_grad():
+        guided, plain = guided_logits(tm, tokens, ctx, 2.0), guided_logits(tm, tokens, cond, None)
+        target = teacher_target(tm, tokens, ctx, 2.0, (0.5, 1.0), 0.5)
+        everywhere = teacher_target(tm, tokens, ctx, 2.0, (0.0, 1.0), 1.0)
+    assert not torch.allclose(guided, plain, atol=1e-3)
+    assert torch.allclose(target[0], guided[0] / 0.5, atol=1e-4)
+    assert torch.allclose(target[1], plain[1] / 0.5, atol=1e-4)
+    assert torch.allclose(everywhere, guided, atol=1e-5)
+
+
+def test_teacher_temperature_and_ratios_change_the_target(teacher, tmp_path):
+    """The same run with the teacher's softmax sharpened, with the student's samples re-masked
+    only at high ratios, or with the teacher guided only there, trains a different student."""
+    changes = ({}, {"teacher_temperature": 0.5}, {"remask_ratios": (0.9, 1.0)},
+               {"guidance_ratios": (0.9, 1.0)})
     states = [MaskedTransformer.from_pretrained(distill_dimo(cfg_for(teacher, steps=1, **change),
                                                              tmp_path / str(i))).state_dict()
               for i, change in enumerate(changes)]

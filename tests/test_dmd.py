@@ -48,8 +48,9 @@ def test_dm_grad_is_normalised_difference():
     assert torch.allclose(dm_grad(x, real, fake), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
 
 
-def test_dm_times_bound_where_the_gradient_is_taken():
-    """generator_loss noises G's samples only at times in [t_min, t_max] (DMDConfig.dm_times)."""
+def test_dm_times_and_fake_times_bound_where_each_loss_is_taken():
+    """generator_loss noises G's samples only at times in [t_min, t_max] (DMDConfig.dm_times),
+    fake_loss at the given times (DMDConfig.fake_times) or, without them, at the teacher's."""
     from fastmuse.distill.dmd_train import DMDConfig
     from fastmuse.errors import ConfigError
 
@@ -61,11 +62,16 @@ def test_dm_times_bound_where_the_gradient_is_taken():
 
     x = torch.randn(512, 2, requires_grad=True)
     generator_loss(x, zero, zero, torch.Generator().manual_seed(0), 1.1, 1.5)
-    t = torch.cat(seen)
-    assert 1.1 <= t.min() < 1.12 and 1.48 < t.max() <= 1.5
+    fake_loss(x, zero, torch.Generator().manual_seed(0), (0.8, 1.2))
+    fake_loss(x, zero, torch.Generator().manual_seed(0))
+    gen_t, _, fake_t, teacher_t = (t.flatten() for t in seen)  # generator_loss asks real and fake
+    assert 1.1 <= gen_t.min() < 1.12 and 1.48 < gen_t.max() <= 1.5
+    assert 0.8 <= fake_t.min() < 0.82 and 1.18 < fake_t.max() <= 1.2
+    assert teacher_t.min() < 0.5 and teacher_t.max() > 1.3  # the log-normal's wide spread
     for bad in ((0.0, 1.0), (1.2, 1.1), (0.5, 1.6)):
-        with pytest.raises(ConfigError, match=r"dm_times is .*; accepted: \[lo, hi\] with 0 < lo < hi"):
-            DMDConfig(dm_times=bad)
+        for name in ("dm_times", "fake_times"):
+            with pytest.raises(ConfigError, match=rf"{name} is .*; accepted: \[lo, hi\] with 0 < lo < hi"):
+                DMDConfig(**{name: bad})
 
 
 def train_one_step_generator(real, gen: torch.Generator, steps: int) -> nn.Module:

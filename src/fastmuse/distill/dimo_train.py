@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from ..convert import folder_files
 from ..errors import ConfigError
 from ..fast import autocast, resolve_device
 from ..hub import resolve
+from ..models.transformer import TextContext
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.maskgit import guidance_context, guided_logits
 from ..train.losses import random_mask
@@ -56,7 +58,10 @@ class DiMOConfig(DistillConfig):
     # the student's samples are re-masked at ratios of the teacher's cosine schedule truncated
     # to [lo, hi]: high ratios are where the teacher can say a whole object is missing
     remask_ratios: tuple[float, float] = (0.0, 1.0)
-    later_keys = (*DistillConfig.later_keys, "remask_ratios")
+    # the target is guided only where the share of masked tokens lies in [lo, hi], conditional
+    # elsewhere: muse-128 samples with guidance on its first steps only (mask ratios above ~0.7)
+    guidance_ratios: tuple[float, float] = (0.0, 1.0)
+    later_keys = (*DistillConfig.later_keys, "remask_ratios", "guidance_ratios")
 
     def validate(self) -> None:
         super().validate()
@@ -67,6 +72,8 @@ class DiMOConfig(DistillConfig):
         check_range("aux_lr", self.aux_lr, 0.0)
         check_range("teacher_temperature", self.teacher_temperature, 0.05, 10.0)
         check_unit_interval("remask_ratios", self.remask_ratios, "the mask ratios of the re-masking")
+        check_unit_interval("guidance_ratios", self.guidance_ratios,
+                            "the mask ratios at which the teacher is guided")
 
 
 def load_teacher(name: str) -> Pipeline:
@@ -82,6 +89,18 @@ def load_teacher(name: str) -> Pipeline:
 
 
 @torch.no_grad()
+def teacher_target(tm: torch.nn.Module, tokens: torch.Tensor, ctx: TextContext, guidance: float,
+                   ratios: tuple[float, float], temperature: float) -> torch.Tensor:
+    """The teacher's logits [B, N, K] the student is matched to, at `temperature`: guided at
+    `guidance` (ctx from guidance_context) for the rows whose share of masked tokens lies in
+    `ratios`, conditional only for the others."""
+    if guidance <= 0:
+        return guided_logits(tm, tokens, ctx, None) / temperature
+    share = (tokens == tm.mask_id).flatten(1).float().mean(1)
+    weight = guidance * ((share >= ratios[0]) & (share <= ratios[1])).float()
+    return guided_logits(tm, tokens, ctx, weight.view(-1, 1, 1)) / temperature
+
+
 def teacher_logprob(teacher: Pipeline, tokens: torch.Tensor, prompts: list[str], guidance: float) -> float:
     """Mean log p_teacher(token | rest, text) of token grids: how plausible the teacher finds them."""
     return teacher.caption_logprob(tokens, prompts, guidance, torch.Generator().manual_seed(0)).mean().item()
@@ -165,8 +184,8 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
             cond = tm.prepare_text(text)
             ctx = guidance_context(cond, tm.prepare_text(empty).repeat(len(blank)), g) if g > 0 else cond
 
-        def teacher_fn(tokens: torch.Tensor, ctx=ctx) -> torch.Tensor:
-            return guided_logits(tm, tokens, ctx, g if g > 0 else None) / cfg.teacher_temperature
+        teacher_fn = partial(teacher_target, tm, ctx=ctx, guidance=g, ratios=cfg.guidance_ratios,
+                             temperature=cfg.teacher_temperature)
 
         logs: dict[str, float] = {}
         for _ in range(cfg.aux_updates):

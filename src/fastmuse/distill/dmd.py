@@ -49,10 +49,15 @@ def generator_loss(x: torch.Tensor, real: Velocity, fake: Velocity, generator: t
     return loss, {"loss_dm": loss.item(), "dm_grad_norm": grad.flatten(1).norm(dim=1).mean().item()}
 
 
-def fake_loss(x: torch.Tensor, fake: Velocity, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The fake denoiser's flow loss on G's (detached) samples, at the teacher's training times."""
+def fake_loss(x: torch.Tensor, fake: Velocity, generator: torch.Generator | None = None,
+              times: tuple[float, float] | None = None) -> torch.Tensor:
+    """The fake denoiser's flow loss on G's (detached) samples, at the teacher's training times
+    or, given `times` (lo, hi), at t ~ U(lo, hi)."""
     x = x.detach()
-    t = sample_time(len(x), generator=generator).to(x.device)
+    if times is None:
+        t = sample_time(len(x), generator=generator).to(x.device)
+    else:
+        t = times[0] + (times[1] - times[0]) * random((len(x),), generator, x.device)
     return flow_loss(fake, x, t, SIGMA_D * random(x.shape, generator, x.device, normal=True))
 
 

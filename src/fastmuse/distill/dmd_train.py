@@ -79,17 +79,19 @@ class DMDConfig(DistillConfig):
     # the range of TrigFlow times t ~ U(lo, hi) at which G's samples are noised for the
     # distribution-matching gradient (layouts and whole objects are decided at high t)
     dm_times: tuple[float, float] = (0.02, 1.55)
-    later_keys = (*DistillConfig.later_keys, "student_init", "student_depth", "dm_times")
+    # the times the fake denoiser trains at: null = the teacher's training distribution; [lo, hi]
+    # = t ~ U(lo, hi), e.g. dm_times, so that all of its updates go where it is queried
+    fake_times: tuple[float, float] | None = None
+    later_keys = (*DistillConfig.later_keys, "student_init", "student_depth", "dm_times", "fake_times")
 
     def validate(self) -> None:
         super().validate()
         for name in ("fake_updates", "regression_pairs", "regression_batch"):
             check_range(name, getattr(self, name), 1)
         check_range("student_depth", self.student_depth, 0)
-        lo, hi = self.dm_times
-        if not 0.0 < lo < hi < math.pi / 2:
-            raise ConfigError(f"dm_times is {list(self.dm_times)}; "
-                              "accepted: [lo, hi] with 0 < lo < hi < pi/2")
+        check_times("dm_times", self.dm_times)
+        if self.fake_times is not None:
+            check_times("fake_times", self.fake_times, " or null (the teacher's training times)")
         for name in ("fake_lr", "gan_weight", "disc_weight", "regression_weight"):
             check_range(name, getattr(self, name), 0.0)
         if self.student_steps not in STUDENT_STEPS:
@@ -98,6 +100,11 @@ class DMDConfig(DistillConfig):
         if self.method == "dmd" and self.student_steps != 1:
             raise ConfigError("method 'dmd' (regression on teacher ODE pairs) trains one-step students; "
                               f"student_steps is {self.student_steps}: use method 'dmd2'")
+
+
+def check_times(name: str, times: tuple[float, float], alternative: str = "") -> None:
+    if not 0.0 < times[0] < times[1] < math.pi / 2:
+        raise ConfigError(f"{name} is {list(times)}; accepted: [lo, hi] with 0 < lo < hi < pi/2{alternative}")
 
 
 def student_defaults(cfg: DMDConfig) -> SamplerDefaults:
@@ -204,7 +211,7 @@ def fake_update(cfg: DMDConfig, fake: DiT, head: DiscriminatorHead, opt: torch.o
             out_, features["tokens"] = fake(x_t / s, t, ctx, features=True)
             return s * out_.float()
 
-        loss = fake_loss(x, fake_v, gen)
+        loss = fake_loss(x, fake_v, gen, cfg.fake_times)
         logs = {"loss_fake": loss.item()}
         if cfg.gan:
             d_loss, d_logs = gan_discriminator_loss(real_batch(gen), head(features["tokens"]),

@@ -139,14 +139,15 @@ def guidance_context(cond: TextContext, uncond: TextContext | None, guidance: fl
 
 
 def guided_logits(model: MaskedTransformer, tokens: torch.Tensor, ctx: TextContext,
-                  guidance: float | None) -> torch.Tensor:
+                  guidance: float | torch.Tensor | None) -> torch.Tensor:
     """Logits [B, H*W, K] (fp32) of tokens [B, H, W]: l_c + g (l_c - l_u) with cond and uncond
-    in one batched forward (ctx from guidance_context), or plain l_c when guidance is None."""
+    in one batched forward (ctx from guidance_context), or plain l_c when guidance is None;
+    g may be a tensor [B, 1, 1] of per-row weights."""
     logits = model(torch.cat([tokens, tokens]) if guidance is not None else tokens, ctx)
     return combine_guidance(logits.float().view(len(ctx.c), tokens[0].numel(), -1), guidance)
 
 
-def combine_guidance(logits: torch.Tensor, guidance: float | None) -> torch.Tensor:
+def combine_guidance(logits: torch.Tensor, guidance: float | torch.Tensor | None) -> torch.Tensor:
     """Classifier-free guidance on logits [2B, ...] = cond rows then uncond rows:
     l_c + g (l_c - l_u); logits [B, ...] pass through when guidance is None."""
     if guidance is None:
