@@ -253,6 +253,17 @@ def test_cli_and_bad_teachers(teacher, tmp_path, capsys):
                 DiMOConfig(**{name: bad})
 
 
+def test_frozen_parameters_keep_the_teachers_values(teacher, tmp_path):
+    before = MaskedTransformer.from_pretrained(teacher["teacher"]).state_dict()
+    run = distill_dimo(cfg_for(teacher, steps=2, frozen=("tok_emb", "head.bias")), tmp_path / "run")
+    after = MaskedTransformer.from_pretrained(run).state_dict()
+    assert torch.equal(before["tok_emb.weight"], after["tok_emb.weight"])
+    assert torch.equal(before["head.bias"], after["head.bias"])
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    with pytest.raises(ConfigError, match="frozen names 'tok_embedding', which is no parameter"):
+        distill_dimo(cfg_for(teacher, steps=1, frozen=("tok_embedding",)), tmp_path / "bad")
+
+
 def test_teacher_target_guides_only_rows_with_masked_shares_in_the_range(teacher):
     """guidance_ratios (0.5, 1): the mostly masked row gets the guided logits, the mostly
     visible one the conditional logits alone; (0, 1) guides both (the old target)."""

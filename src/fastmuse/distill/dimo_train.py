@@ -61,7 +61,10 @@ class DiMOConfig(DistillConfig):
     # the target is guided only where the share of masked tokens lies in [lo, hi], conditional
     # elsewhere: muse-128 samples with guidance on its first steps only (mask ratios above ~0.7)
     guidance_ratios: tuple[float, float] = (0.0, 1.0)
-    later_keys = (*DistillConfig.later_keys, "remask_ratios", "guidance_ratios")
+    # parameters (names or name prefixes, e.g. "tok_emb", "head.bias") of student and auxiliary
+    # model kept at the teacher's values; the reference freezes embeddings and output bias
+    frozen: tuple[str, ...] = ()
+    later_keys = (*DistillConfig.later_keys, "remask_ratios", "guidance_ratios", "frozen")
 
     def validate(self) -> None:
         super().validate()
@@ -89,6 +92,19 @@ def load_teacher(name: str) -> Pipeline:
 
 
 @torch.no_grad()
+def freeze(model: torch.nn.Module, names: tuple[str, ...]) -> None:
+    """Stop gradients to the parameters named by `names` (a full name or a prefix before a dot)."""
+    params = dict(model.named_parameters())
+    for name in names:
+        hits = [k for k in params if k == name or k.startswith(name + ".")]
+        if not hits:
+            top = sorted({k.split(".")[0] for k in params})
+            raise ConfigError(f"frozen names {name!r}, which is no parameter of the teacher; accepted: "
+                              f"parameter names or prefixes such as {', '.join(top)}")
+        for k in hits:
+            params[k].requires_grad_(False)
+
+
 def teacher_target(tm: torch.nn.Module, tokens: torch.Tensor, ctx: TextContext, guidance: float,
                    ratios: tuple[float, float], temperature: float) -> torch.Tensor:
     """The teacher's logits [B, N, K] the student is matched to, at `temperature`: guided at
@@ -157,6 +173,8 @@ def distill_dimo(cfg: DiMOConfig, out: str | Path, resume: bool = False, stop_at
     torch.manual_seed(cfg.seed)
     student = copy.deepcopy(tm).train().requires_grad_(True)
     aux = copy.deepcopy(tm).train().requires_grad_(True)
+    freeze(student, cfg.frozen)
+    freeze(aux, cfg.frozen)
     ema = copy.deepcopy(tm).eval()
     opt_s = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     opt_a = torch.optim.Adam(aux.parameters(), lr=cfg.aux_lr)
