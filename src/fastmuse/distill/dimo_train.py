@@ -91,7 +91,6 @@ def load_teacher(name: str) -> Pipeline:
     return pipe
 
 
-@torch.no_grad()
 def freeze(model: torch.nn.Module, names: tuple[str, ...]) -> None:
     """Stop gradients to the parameters named by `names` (a full name or a prefix before a dot)."""
     params = dict(model.named_parameters())
@@ -117,6 +116,7 @@ def teacher_target(tm: torch.nn.Module, tokens: torch.Tensor, ctx: TextContext, 
     return guided_logits(tm, tokens, ctx, weight.view(-1, 1, 1)) / temperature
 
 
+@torch.no_grad()
 def teacher_logprob(teacher: Pipeline, tokens: torch.Tensor, prompts: list[str], guidance: float) -> float:
     """Mean log p_teacher(token | rest, text) of token grids: how plausible the teacher finds them."""
     return teacher.caption_logprob(tokens, prompts, guidance, torch.Generator().manual_seed(0)).mean().item()
