@@ -36,12 +36,18 @@ def dm_grad(x: torch.Tensor, real_x0: torch.Tensor, fake_x0: torch.Tensor) -> to
     return torch.nan_to_num((fake_x0 - real_x0) / weight)
 
 
+def uniform_times(n: int, lo: float, hi: float, generator: torch.Generator | None,
+                  device: torch.device) -> torch.Tensor:
+    """n TrigFlow times t ~ U(lo, hi)."""
+    return lo + (hi - lo) * random((n,), generator, device)
+
+
 def generator_loss(x: torch.Tensor, real: Velocity, fake: Velocity, generator: torch.Generator | None = None,
                    t_min: float = 0.02, t_max: float = 1.55) -> tuple[torch.Tensor, dict[str, float]]:
     """Distribution-matching surrogate for G's samples x (with their graph); t ~ U(t_min, t_max)."""
     b = len(x)
     with torch.no_grad():
-        t = t_min + (t_max - t_min) * random((b,), generator, x.device)
+        t = uniform_times(b, t_min, t_max, generator, x.device)
         x_t = add_noise(x.detach(), t, SIGMA_D * random(x.shape, generator, x.device, normal=True))
         real_x0, fake_x0 = denoise(x_t, t, real(x_t, t)), denoise(x_t, t, fake(x_t, t))
         grad = dm_grad(x.detach(), real_x0, fake_x0)
@@ -57,7 +63,7 @@ def fake_loss(x: torch.Tensor, fake: Velocity, generator: torch.Generator | None
     if times is None:
         t = sample_time(len(x), generator=generator).to(x.device)
     else:
-        t = times[0] + (times[1] - times[0]) * random((len(x),), generator, x.device)
+        t = uniform_times(len(x), *times, generator, x.device)
     return flow_loss(fake, x, t, SIGMA_D * random(x.shape, generator, x.device, normal=True))
 
 
