@@ -68,9 +68,10 @@ def test_dm_times_and_fake_times_bound_where_each_loss_is_taken():
     assert 1.1 <= gen_t.min() < 1.12 and 1.48 < gen_t.max() <= 1.5
     assert 0.8 <= fake_t.min() < 0.82 and 1.18 < fake_t.max() <= 1.2
     assert teacher_t.min() < 0.5 and teacher_t.max() > 1.3  # the log-normal's wide spread
-    for bad in ((0.0, 1.0), (1.2, 1.1), (0.5, 1.6)):
+    for bad in ((0.0, 1.0), (1.2, 1.1), (0.5, 1.6), (0.5,), "0.8, 1.5"):
         for name in ("dm_times", "fake_times"):
-            with pytest.raises(ConfigError, match=rf"{name} is .*; accepted: \[lo, hi\] with 0 < lo < hi"):
+            with pytest.raises(ConfigError,
+                               match=rf"{name} is .*; accepted: two numbers lo, hi with 0 < lo < hi < pi/2"):
                 DMDConfig(**{name: bad})
 
 

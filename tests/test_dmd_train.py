@@ -191,6 +191,18 @@ def test_student_init_starts_g_from_another_student(parts, teacher, tmp_path):
                     tmp_path / "bad")
 
 
+def test_frozen_student_parameters_keep_the_teachers_values(parts, teacher, tmp_path):
+    before = DiT.from_pretrained(teacher).state_dict()
+    run = distill_dmd(dmd_cfg(parts, teacher, gan=False, steps=2, frozen=("patch_in", "head.bias")),
+                      tmp_path / "run")
+    after = DiT.from_pretrained(run).state_dict()
+    for name in ("patch_in.weight", "patch_in.bias", "head.bias"):
+        assert torch.equal(before[name], after[name]), name
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    with pytest.raises(ConfigError, match="frozen names 'patch', which is no parameter"):
+        distill_dmd(dmd_cfg(parts, teacher, steps=1, frozen=("patch",)), tmp_path / "bad")
+
+
 @pytest.mark.parametrize("method", ["dmd", "dmd2"])
 def test_a_run_creates_nothing_off_the_model_device(parts, teacher, tmp_path, method):
     """DMD (regression pairs) and DMD2 (GAN head, two student steps) under torch's default device

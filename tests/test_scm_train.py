@@ -13,6 +13,7 @@ from fastmuse.distill import scm_train
 from fastmuse.distill.scm import MID_TIME, TangentDrift
 from fastmuse.distill.scm_train import SCMConfig, distill_scm
 from fastmuse.errors import ConfigError, FastMuseError
+from fastmuse.models import DiT
 from fastmuse.pipeline import Pipeline
 from helpers import assert_resumes_exactly, tiny_pipeline
 from test_dmd_train import PROMPTS, parts, teacher  # noqa: F401 - the module's fixtures
@@ -89,6 +90,14 @@ def test_sct_cli_guard_and_bad_input(parts, teacher, tmp_path, capsys, monkeypat
         distill_scm(scm_cfg(parts, teacher, max_bad_steps=2, log_every=10), tmp_path / "nan")
     logs = [json.loads(x) for x in (tmp_path / "nan/metrics.jsonl").read_text().splitlines()]
     assert [r["skipped"] for r in logs] == [1] and logs[0]["step"] == 2
+
+
+def test_frozen_student_parameters_keep_the_teachers_values(parts, teacher, tmp_path):  # noqa: F811
+    before = DiT.from_pretrained(teacher).state_dict()
+    run = distill_scm(scm_cfg(parts, teacher, steps=2, frozen=("patch_in", "head.bias")), tmp_path / "run")
+    after = DiT.from_pretrained(run).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in ("patch_in.weight", "head.bias"))
+    assert not torch.equal(before["head.weight"], after["head.weight"])
 
 
 def test_a_run_creates_nothing_off_the_model_device(parts, teacher, tmp_path):  # noqa: F811

@@ -195,13 +195,21 @@ def check_range(name: str, value: float, lo: float | None = None, hi: float | No
         raise ConfigError(f"'{name}' is {value!r}; accepted: {lo_s} <= {name} <= {hi_s}")
 
 
-def check_unit_interval(name: str, value, meaning: str) -> None:
-    """Raise ConfigError unless `value` is two numbers lo, hi with 0 <= lo < hi <= 1."""
+UNIT = ("0", 0.0, "1", 1.0)  # check_interval's default bounds: (low's text, low, high's text, high)
+
+
+def check_interval(name: str, value, meaning: str, bounds: tuple[str, float, str, float] = UNIT,
+                   strict: bool = False) -> None:
+    """Raise ConfigError unless `value` is two numbers lo, hi with low <= lo < hi <= high
+    (strict: low < lo and hi < high)."""
+    low_text, low, high_text, high = bounds
+    le = "<" if strict else "<="
     if (not isinstance(value, list | tuple) or len(value) != 2
             or not all(isinstance(v, int | float) for v in value)
-            or not 0 <= value[0] < value[1] <= 1):
+            or not (value[0] > low if strict else value[0] >= low) or not value[0] < value[1]
+            or not (value[1] < high if strict else value[1] <= high)):
         raise ConfigError(f"{name} is {value!r}; accepted: two numbers lo, hi with "
-                          f"0 <= lo < hi <= 1 ({meaning})")
+                          f"{low_text} {le} lo < hi {le} {high_text} ({meaning})")
 
 
 # Upper bounds of model size fields: a config is read before anything is allocated, and a

@@ -21,7 +21,7 @@ from ..train.run import SAMPLE_PROMPTS, RunConfig
 
 @dataclass
 class DistillConfig(RunConfig):
-    later_keys = ("mixed_precision",)  # configs written before it load
+    later_keys = ("mixed_precision", "frozen")  # configs written before them load
     precisions: ClassVar[tuple[str, ...]] = ("no",)  # accepted mixed_precision values
     teacher: str = ""  # bundled name or model folder
     teacher_guidance: float | None = None  # None: the teacher's default
@@ -41,6 +41,10 @@ class DistillConfig(RunConfig):
     # "bf16" (where `precisions` has it): forward passes under bf16 autocast, several times
     # faster on AMX CPUs and GPUs, much slower on AVX2 CPUs (benchmarks/bf16_matmul.py)
     mixed_precision: str = "no"
+    # parameters (names or name prefixes, e.g. "row_emb", "head.bias") of the student kept at the
+    # teacher's values (Di[M]O's auxiliary model too); the Di[M]O reference freezes embeddings and
+    # output bias
+    frozen: tuple[str, ...] = ()
 
     @property
     def autocast_precision(self) -> str:
@@ -55,6 +59,19 @@ class DistillConfig(RunConfig):
         check_range("ema_decay", self.ema_decay, 0.0, 1.0)
         if self.teacher_guidance is not None:
             check_range("teacher_guidance", self.teacher_guidance, 0.0)
+
+
+def freeze(model: torch.nn.Module, names: tuple[str, ...]) -> None:
+    """Stop gradients to the parameters named by `names` (a full name or a prefix before a dot)."""
+    params = dict(model.named_parameters())
+    for name in names:
+        hits = [k for k in params if k == name or k.startswith(name + ".")]
+        if not hits:
+            top = sorted({k.split(".")[0] for k in params})
+            raise ConfigError(f"frozen names {name!r}, which is no parameter of the teacher; accepted: "
+                              f"parameter names or prefixes such as {', '.join(top)}")
+        for k in hits:
+            params[k].requires_grad_(False)
 
 
 def teacher_guidance(cfg: DistillConfig, teacher: Pipeline) -> float:

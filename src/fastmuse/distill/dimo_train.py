@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import check_range, check_unit_interval
+from ..config import check_interval, check_range
 from ..convert import folder_files
 from ..errors import ConfigError
 from ..fast import autocast, resolve_device
@@ -29,6 +29,7 @@ from ..train.losses import random_mask
 from ..train.run import Run, step_generator, update_ema
 from .common import (
     DistillConfig,
+    freeze,
     save_samples,
     teacher_and_data,
     teacher_guidance,
@@ -61,10 +62,7 @@ class DiMOConfig(DistillConfig):
     # the target is guided only where the share of masked tokens lies in [lo, hi], conditional
     # elsewhere: muse-128 samples with guidance on its first steps only (mask ratios above ~0.7)
     guidance_ratios: tuple[float, float] = (0.0, 1.0)
-    # parameters (names or name prefixes, e.g. "tok_emb", "head.bias") of student and auxiliary
-    # model kept at the teacher's values; the reference freezes embeddings and output bias
-    frozen: tuple[str, ...] = ()
-    later_keys = (*DistillConfig.later_keys, "remask_ratios", "guidance_ratios", "frozen")
+    later_keys = (*DistillConfig.later_keys, "remask_ratios", "guidance_ratios")
 
     def validate(self) -> None:
         super().validate()
@@ -74,9 +72,9 @@ class DiMOConfig(DistillConfig):
         check_range("embed_noise", self.embed_noise, 0.0, 0.99)
         check_range("aux_lr", self.aux_lr, 0.0)
         check_range("teacher_temperature", self.teacher_temperature, 0.05, 10.0)
-        check_unit_interval("remask_ratios", self.remask_ratios, "the mask ratios of the re-masking")
-        check_unit_interval("guidance_ratios", self.guidance_ratios,
-                            "the mask ratios at which the teacher is guided")
+        check_interval("remask_ratios", self.remask_ratios, "the mask ratios of the re-masking")
+        check_interval("guidance_ratios", self.guidance_ratios,
+                       "the mask ratios at which the teacher is guided")
 
 
 def load_teacher(name: str) -> Pipeline:
@@ -89,19 +87,6 @@ def load_teacher(name: str) -> Pipeline:
         raise ConfigError(f"teacher {name!r} is a {pipe.family.name} model; accepted: a masked "
                           "(MaskGIT-sampled) model")
     return pipe
-
-
-def freeze(model: torch.nn.Module, names: tuple[str, ...]) -> None:
-    """Stop gradients to the parameters named by `names` (a full name or a prefix before a dot)."""
-    params = dict(model.named_parameters())
-    for name in names:
-        hits = [k for k in params if k == name or k.startswith(name + ".")]
-        if not hits:
-            top = sorted({k.split(".")[0] for k in params})
-            raise ConfigError(f"frozen names {name!r}, which is no parameter of the teacher; accepted: "
-                              f"parameter names or prefixes such as {', '.join(top)}")
-        for k in hits:
-            params[k].requires_grad_(False)
 
 
 def teacher_target(tm: torch.nn.Module, tokens: torch.Tensor, ctx: TextContext, guidance: float,

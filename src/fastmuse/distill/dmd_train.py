@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import load, save
 from tqdm import tqdm
 
-from ..config import check_range
+from ..config import check_interval, check_range
 from ..errors import ConfigError
 from ..fast import autocast, resolve_device
 from ..fsutil import atomic_write_bytes
@@ -44,6 +44,7 @@ from ..sampling.trigflow import denoise, few_step_sample, ode_sample, student_ti
 from ..train.run import Run, step_generator, update_ema
 from .common import (
     DistillConfig,
+    freeze,
     load_diffusion_teacher,
     save_run_student,
     save_samples,
@@ -53,6 +54,7 @@ from .common import (
 from .dmd import DiscriminatorHead, fake_loss, gan_discriminator_loss, gan_generator_loss, generator_loss
 
 STUDENT_STEPS = (1, 2, 3, 4)
+TIMES = ("0", 0.0, "pi/2", math.pi / 2)  # TrigFlow times: noise-free at 0, pure noise at pi/2
 
 
 @dataclass
@@ -89,9 +91,10 @@ class DMDConfig(DistillConfig):
         for name in ("fake_updates", "regression_pairs", "regression_batch"):
             check_range(name, getattr(self, name), 1)
         check_range("student_depth", self.student_depth, 0)
-        check_times("dm_times", self.dm_times)
+        check_interval("dm_times", self.dm_times, "the times of G's samples' noising", TIMES, strict=True)
         if self.fake_times is not None:
-            check_times("fake_times", self.fake_times, " or null (the teacher's training times)")
+            check_interval("fake_times", self.fake_times, "the fake denoiser's training times; or null: the "
+                           "teacher's", TIMES, strict=True)
         for name in ("fake_lr", "gan_weight", "disc_weight", "regression_weight"):
             check_range(name, getattr(self, name), 0.0)
         if self.student_steps not in STUDENT_STEPS:
@@ -100,11 +103,6 @@ class DMDConfig(DistillConfig):
         if self.method == "dmd" and self.student_steps != 1:
             raise ConfigError("method 'dmd' (regression on teacher ODE pairs) trains one-step students; "
                               f"student_steps is {self.student_steps}: use method 'dmd2'")
-
-
-def check_times(name: str, times: tuple[float, float], alternative: str = "") -> None:
-    if not 0.0 < times[0] < times[1] < math.pi / 2:
-        raise ConfigError(f"{name} is {list(times)}; accepted: [lo, hi] with 0 < lo < hi < pi/2{alternative}")
 
 
 def student_defaults(cfg: DMDConfig) -> SamplerDefaults:
@@ -266,6 +264,7 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
 
     torch.manual_seed(cfg.seed)
     student = initial_student(cfg, tm).train().requires_grad_(True)
+    freeze(student, cfg.frozen)
     fake = copy.deepcopy(tm).train().requires_grad_(True)
     with torch.device("cpu"):  # initialised on the CPU: the same head on any device
         head = DiscriminatorHead(tm.config.dim).to(device)

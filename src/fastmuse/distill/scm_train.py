@@ -36,6 +36,7 @@ from ..sampling.trigflow import add_noise, sample_time, velocity_target
 from ..train.run import Run, step_generator, update_ema
 from .common import (
     DistillConfig,
+    freeze,
     load_diffusion_teacher,
     save_run_student,
     save_samples,
@@ -102,6 +103,7 @@ def distill_scm(cfg: SCMConfig, out: str | Path, resume: bool = False, stop_at: 
 
     torch.manual_seed(cfg.seed)
     student = copy.deepcopy(tm).train().requires_grad_(True)
+    freeze(student, cfg.frozen)
     with torch.device("cpu"):  # initialised on the CPU: the same weights on any device
         weight = AdaptiveWeight().to(device)
     ema = copy.deepcopy(tm).eval()

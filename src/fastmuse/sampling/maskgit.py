@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..config import check_unit_interval
+from ..config import check_interval
 from ..errors import ConfigError
 from ..models.transformer import MaskedTransformer, TextContext
 from .control import check_cancelled
@@ -84,7 +84,7 @@ def check_sampler_args(steps: int, guidance: float, schedule: str, guidance_sche
 
 
 def check_guidance_interval(interval: tuple[float, float], name: str = "guidance_interval") -> None:
-    check_unit_interval(name, interval, "the fraction of the steps that are guided")
+    check_interval(name, interval, "the fraction of the steps that are guided")
 
 
 def radical_inverse(i: int, base: int) -> float:
