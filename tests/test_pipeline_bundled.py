@@ -1,5 +1,6 @@
 """The bundled text-to-image model loads by name, offline, and draws what it is asked for."""
 
+import math
 from collections import Counter
 
 import numpy as np
@@ -92,14 +93,18 @@ def test_diffusion_teacher_and_dmd2_student_bundled():
         student("a red circle", steps=4)
 
 
-def test_consistency_student_bundled():
-    """scd-128 samples in 2 network passes at t = pi/2 and MID_TIME (or 1) and draws the colour
-    asked for."""
+@pytest.mark.parametrize("name, second", [("scd-128", "MID_TIME"), ("dmd2-2step-128", "pi/4")])
+def test_two_step_students_bundled(name, second):
+    """scd-128 (sCD: second pass at MID_TIME) and dmd2-2step-128 (DMD2: at pi/4, its training
+    schedule) sample in 2 network passes and draw the colour asked for."""
     from fastmuse.distill.scm import MID_TIME
+    from fastmuse.sampling.trigflow import student_times
 
-    assert {"README.md", "sampler.json", "grid.png", "metrics.jsonl"} <= set(load_checkpoint("scd-128").files)
-    student = Pipeline.from_pretrained("scd-128")
-    assert student.defaults.sampler == "few_step" and student.defaults.times[1] == MID_TIME
+    assert {"README.md", "sampler.json", "grid.png", "metrics.jsonl"} <= set(load_checkpoint(name).files)
+    student = Pipeline.from_pretrained(name)
+    times = student.defaults.times or student_times(student.defaults.steps)
+    assert student.defaults.sampler == "few_step"
+    assert times == pytest.approx([math.pi / 2, MID_TIME if second == "MID_TIME" else math.pi / 4])
     assert student.network_evaluations(student.defaults.steps, 0.0) == 2
     assert_draws_colours(student)
     assert student("a red circle", steps=1)[0].size == (128, 128)
