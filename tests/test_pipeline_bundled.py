@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from fastmuse.data.shapes import nearest_colour
+from fastmuse.distill.scm import MID_TIME
 from fastmuse.errors import ConfigError
 from fastmuse.hub import bundled_models, load_checkpoint
 from fastmuse.pipeline import Pipeline
+from fastmuse.sampling.trigflow import student_times
 
 NAME = "muse-128"
 
@@ -93,18 +95,14 @@ def test_diffusion_teacher_and_dmd2_student_bundled():
         student("a red circle", steps=4)
 
 
-@pytest.mark.parametrize("name, second", [("scd-128", "MID_TIME"), ("dmd2-2step-128", "pi/4")])
+@pytest.mark.parametrize("name, second", [("scd-128", MID_TIME), ("dmd2-2step-128", math.pi / 4)])
 def test_two_step_students_bundled(name, second):
     """scd-128 (sCD: second pass at MID_TIME) and dmd2-2step-128 (DMD2: at pi/4, its training
     schedule) sample in 2 network passes and draw the colour asked for."""
-    from fastmuse.distill.scm import MID_TIME
-    from fastmuse.sampling.trigflow import student_times
-
     assert {"README.md", "sampler.json", "grid.png", "metrics.jsonl"} <= set(load_checkpoint(name).files)
     student = Pipeline.from_pretrained(name)
     times = student.defaults.times or student_times(student.defaults.steps)
-    assert student.defaults.sampler == "few_step"
-    assert times == pytest.approx([math.pi / 2, MID_TIME if second == "MID_TIME" else math.pi / 4])
+    assert student.defaults.sampler == "few_step" and times == pytest.approx([math.pi / 2, second])
     assert student.network_evaluations(student.defaults.steps, 0.0) == 2
     assert_draws_colours(student)
     assert student("a red circle", steps=1)[0].size == (128, 128)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import os
 import types
 import typing
@@ -203,13 +204,12 @@ def check_interval(name: str, value, meaning: str, bounds: tuple[str, float, str
     """Raise ConfigError unless `value` is two numbers lo, hi with low <= lo < hi <= high
     (strict: low < lo and hi < high)."""
     low_text, low, high_text, high = bounds
-    le = "<" if strict else "<="
+    below, sign = (operator.lt, "<") if strict else (operator.le, "<=")
     if (not isinstance(value, list | tuple) or len(value) != 2
             or not all(isinstance(v, int | float) for v in value)
-            or not (value[0] > low if strict else value[0] >= low) or not value[0] < value[1]
-            or not (value[1] < high if strict else value[1] <= high)):
+            or not (below(low, value[0]) and value[0] < value[1] and below(value[1], high))):
         raise ConfigError(f"{name} is {value!r}; accepted: two numbers lo, hi with "
-                          f"{low_text} {le} lo < hi {le} {high_text} ({meaning})")
+                          f"{low_text} {sign} lo < hi {sign} {high_text} ({meaning})")
 
 
 # Upper bounds of model size fields: a config is read before anything is allocated, and a
