@@ -26,7 +26,8 @@ from fastmuse.fsutil import atomic_write_text
 from fastmuse.pipeline import Pipeline
 
 PROMPTS = ["red heart", "a blue circle", "two yellow stars"]
-MODELS = [["muse-128"], ["dimo-128"], ["ar-128"], ["dit-128"], ["dmd2-128"], ["muse-64", "muse-sr-128"]]
+MODELS = [["muse-128"], ["dimo-128"], ["ar-128"], ["dit-128"], ["dmd2-128"], ["dmd2-2step-128"], ["scd-128"],
+          ["muse-64", "muse-sr-128"]]
 RECORDS = Path(__file__).resolve().parents[1] / "tests" / "behaviour"
 
 
