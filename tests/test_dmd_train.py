@@ -203,6 +203,23 @@ def test_frozen_student_parameters_keep_the_teachers_values(parts, teacher, tmp_
         distill_dmd(dmd_cfg(parts, teacher, steps=1, frozen=("patch",)), tmp_path / "bad")
 
 
+def test_student_time_conditions_the_one_step_student(parts, teacher, tmp_path):
+    """G is told its pure-noise input has time student_time: the run trains that map (its weights
+    differ from the pi/2 run's) and the student folder samples at that time."""
+    runs = {t: distill_dmd(dmd_cfg(parts, teacher, gan=False, steps=2, student_time=t), tmp_path / str(t))
+            for t in (1.0, math.pi / 2)}
+    pipe = Pipeline.from_pretrained(runs[1.0])
+    assert pipe.defaults.times == [1.0] and Pipeline.from_pretrained(runs[math.pi / 2]).defaults.times is None
+    a, b = (DiT.from_pretrained(d).state_dict() for d in runs.values())
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert len(pipe("a red square", n=2)) == 2
+    for bad in (0.0, 1.6, "1.0"):
+        with pytest.raises(ConfigError, match=r"student_time is .*; accepted: a TrigFlow time in \(0, pi/2"):
+            DMDConfig(student_time=bad)
+    with pytest.raises(ConfigError, match="student_time is 1.0: a time other than pi/2 is for one-step"):
+        DMDConfig(student_time=1.0, student_steps=2)
+
+
 @pytest.mark.parametrize("method", ["dmd", "dmd2"])
 def test_a_run_creates_nothing_off_the_model_device(parts, teacher, tmp_path, method):
     """DMD (regression pairs) and DMD2 (GAN head, two student steps) under torch's default device

@@ -40,7 +40,7 @@ from ..models.dit import token_latents
 from ..models.transformer import deepen
 from ..pipeline import Pipeline, SamplerDefaults
 from ..sampling.noise import random
-from ..sampling.trigflow import denoise, few_step_sample, ode_sample, student_times
+from ..sampling.trigflow import T_MAX, denoise, few_step_sample, ode_sample, student_times
 from ..train.run import Run, step_generator, update_ema
 from .common import (
     DistillConfig,
@@ -84,7 +84,12 @@ class DMDConfig(DistillConfig):
     # the times the fake denoiser trains at: null = the teacher's training distribution; [lo, hi]
     # = t ~ U(lo, hi), e.g. dm_times, so that all of its updates go where it is queried
     fake_times: tuple[float, float] | None = None
-    later_keys = (*DistillConfig.later_keys, "student_init", "student_depth", "dm_times", "fake_times")
+    # the time a one-step G is told its input has; the input is pure noise whatever it says. At
+    # pi/2 the teacher's map starts as the blurry mean (small objects absent), below it the
+    # teacher reads structure into the noise (DMD2's one-step SDXL student: timestep 399 of 1000)
+    student_time: float = T_MAX
+    later_keys = (*DistillConfig.later_keys, "student_init", "student_depth", "dm_times", "fake_times",
+                  "student_time")
 
     def validate(self) -> None:
         super().validate()
@@ -100,13 +105,24 @@ class DMDConfig(DistillConfig):
         if self.student_steps not in STUDENT_STEPS:
             raise ConfigError(f"student_steps is {self.student_steps!r}; accepted: "
                               f"{', '.join(map(str, STUDENT_STEPS))}")
+        if not isinstance(self.student_time, int | float) or not 0 < self.student_time <= T_MAX:
+            raise ConfigError(f"student_time is {self.student_time!r}; accepted: a TrigFlow time in "
+                              "(0, pi/2]")
+        if self.student_time != T_MAX and self.student_steps != 1:
+            raise ConfigError(f"student_time is {self.student_time!r}: a time other than pi/2 is for "
+                              f"one-step students; student_steps is {self.student_steps}")
         if self.method == "dmd" and self.student_steps != 1:
             raise ConfigError("method 'dmd' (regression on teacher ODE pairs) trains one-step students; "
                               f"student_steps is {self.student_steps}: use method 'dmd2'")
 
 
+def generator_times(cfg: DMDConfig) -> list[float]:
+    return [cfg.student_time] if cfg.student_steps == 1 else student_times(cfg.student_steps)
+
+
 def student_defaults(cfg: DMDConfig) -> SamplerDefaults:
-    return SamplerDefaults(sampler="few_step", steps=cfg.student_steps, guidance=0.0)
+    times = generator_times(cfg) if cfg.student_time != T_MAX else None
+    return SamplerDefaults(sampler="few_step", steps=cfg.student_steps, guidance=0.0, times=times)
 
 
 def initial_student(cfg: DMDConfig, teacher: DiT) -> DiT:
@@ -253,12 +269,13 @@ def distill_dmd(cfg: DMDConfig, out: str | Path, resume: bool = False, stop_at: 
     out = Path(out)
     device = resolve_device(device)
     run = Run(out, cfg, resume, stop_at,
-              fixed=("teacher", "method", "student_steps", "gan", "student_init", "student_depth"))
+              fixed=("teacher", "method", "student_steps", "gan", "student_init", "student_depth",
+                     "student_time"))
     teacher, data = teacher_and_data(cfg, device, load_diffusion_teacher)
     tm = teacher.transformer.requires_grad_(False)
     rows = data.train.cap_rows  # every caption of the training split (alternatives included)
     g = teacher_guidance(cfg, teacher)
-    times = student_times(cfg.student_steps)
+    times = generator_times(cfg)
     precision = cfg.autocast_precision
     shape = (cfg.batch_size, tm.config.channels, tm.config.grid, tm.config.grid)
 
