@@ -19,7 +19,6 @@ metrics.jsonl, samples/, checkpoints/ and, at the end, student/: a model folder.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -54,7 +53,7 @@ from .common import (
 from .dmd import DiscriminatorHead, fake_loss, gan_discriminator_loss, gan_generator_loss, generator_loss
 
 STUDENT_STEPS = (1, 2, 3, 4)
-TIMES = ("0", 0.0, "pi/2", math.pi / 2)  # TrigFlow times: noise-free at 0, pure noise at pi/2
+TIMES = ("0", 0.0, "pi/2", T_MAX)  # TrigFlow times: noise-free at 0, pure noise at pi/2
 
 
 @dataclass
@@ -86,7 +85,8 @@ class DMDConfig(DistillConfig):
     fake_times: tuple[float, float] | None = None
     # the time a one-step G is told its input has; the input is pure noise whatever it says. At
     # pi/2 the teacher's map starts as the blurry mean (small objects absent), below it the
-    # teacher reads structure into the noise (DMD2's one-step SDXL student: timestep 399 of 1000)
+    # teacher reads structure into the noise (DMD2's one-step SDXL student: timestep 399 of 1000;
+    # 1.3 here did not help, docs/distillation.md session 27)
     student_time: float = T_MAX
     later_keys = (*DistillConfig.later_keys, "student_init", "student_depth", "dm_times", "fake_times",
                   "student_time")
